@@ -1,0 +1,7 @@
+"""`python -m fastadv` (also what `torchrun -m fastadv` runs)."""
+
+import sys
+
+from fastadv.cli import main
+
+sys.exit(main())

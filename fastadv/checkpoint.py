@@ -1,0 +1,88 @@
+"""Checkpoints: atomic writes, `weights_only` loads, and a fingerprint check on resume."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastadv.config import Config
+from fastadv.errors import FastadvError
+
+FORMAT = "fastadv-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def fingerprint(cfg: Config) -> dict[str, Any]:
+    """What must match for a resume to make sense (shapes and the training objective)."""
+    return {
+        "recipe": cfg.name,
+        "model.arch": cfg.model.arch,
+        "model.num_classes": cfg.model.num_classes,
+        "model.num_aux": cfg.model.num_aux,
+        "method.name": cfg.method.name,
+        "data.backend": cfg.data.backend,
+        "data.image_size": cfg.data.image_size,
+    }
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder holding checkpoint.pt."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_NAME
+    if not p.is_file():
+        raise FastadvError(f"no checkpoint at {p}: pass a run folder (with {CHECKPOINT_NAME}) or a checkpoint file")
+    return p
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with weights_only=True and refuse anything that is not a fastadv checkpoint."""
+    p = resolve_checkpoint(path)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FastadvError(f"{p} is not a readable fastadv checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        keys = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
+        raise FastadvError(
+            f"{p} is not a fastadv checkpoint (found {keys}); "
+            f"to start from torchvision or other weights use --init {p}"
+        )
+    if obj.get("version") != VERSION:
+        raise FastadvError(f"{p} has checkpoint version {obj.get('version')}, this fastadv reads version {VERSION}")
+    return obj
+
+
+def check_compatible(ckpt: dict[str, Any], cfg: Config, path: str | Path) -> None:
+    """Resume only into the same recipe / architecture / head / method; list every mismatch."""
+    saved = ckpt.get("fingerprint", {})
+    wanted = fingerprint(cfg)
+    diffs = [f"{k}: checkpoint has {saved.get(k)!r}, this run has {v!r}" for k, v in wanted.items() if saved.get(k) != v]
+    if diffs:
+        raise FastadvError(
+            f"cannot resume from {path}: it was written by a different run:\n  - " + "\n  - ".join(diffs)
+            + "\nResume with the recipe that wrote it, or start fresh with a new train.out_dir"
+            + " (use --init to start from its weights)."
+        )

@@ -1,0 +1,32 @@
+"""Data loading: class folders (ImageNet layout) and the embedded digits demo, deterministic and resumable."""
+
+from fastadv.data.loader import (
+    Batch,
+    EpochSampler,
+    Loader,
+    build_dataset,
+    build_loader,
+    collate,
+    limit_indices,
+    mix,
+    sample_seed,
+)
+from fastadv.data.folder import FolderDataset, build_folder_dataset, split_root
+from fastadv.data.demo import DigitsDataset, build_demo_dataset
+
+__all__ = [
+    "Batch",
+    "DigitsDataset",
+    "EpochSampler",
+    "FolderDataset",
+    "Loader",
+    "build_dataset",
+    "build_demo_dataset",
+    "build_folder_dataset",
+    "build_loader",
+    "collate",
+    "limit_indices",
+    "mix",
+    "sample_seed",
+    "split_root",
+]

@@ -1,0 +1,163 @@
+"""ImageNet-style class folders (`root/<wnid>/*.JPEG`), decoded with PIL."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision import transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from fastadv.config import DataConfig
+from fastadv.errors import FastadvError
+from fastadv.data.loader import limit_indices
+
+log = logging.getLogger("fastadv.data")
+
+EMPTY_PATH_MESSAGE = (
+    "data.path is empty: pass --data /path/to/imagenet (a folder with train/ and val/ class folders)"
+)
+_fallback_warned: set[str] = set()
+
+# PIL raises these for unreadable, empty, truncated or garbage files.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def _has_subfolders(path: Path) -> bool:
+    with os.scandir(path) as it:
+        return any(entry.is_dir() for entry in it)
+
+
+def split_root(cfg: DataConfig, split: str) -> Path:
+    """The folder holding the class folders of `split`.
+
+    Falls back to data.path itself when it has neither split folder but directly holds
+    class folders (e.g. a single sample set), with a warning once.
+    """
+    if not cfg.path:
+        raise FastadvError(EMPTY_PATH_MESSAGE)
+    base = Path(cfg.path).expanduser()
+    if not base.exists():
+        raise FastadvError(
+            f"data.path {base} does not exist "
+            f"(expected a folder with {cfg.train_dir}/ and {cfg.val_dir}/ class folders)"
+        )
+    if not base.is_dir():
+        raise FastadvError(f"data.path {base} is not a folder")
+    root = base / (cfg.train_dir if split == "train" else cfg.val_dir)
+    if root.is_dir():
+        return root
+    if not (base / cfg.train_dir).exists() and not (base / cfg.val_dir).exists():
+        if not _has_subfolders(base):
+            raise FastadvError(
+                f"no class folders in {base}: expected {cfg.train_dir}/ and {cfg.val_dir}/ folders, "
+                f"or one sub-folder per class (e.g. {base}/n01440764/*.JPEG)"
+            )
+        if str(base) not in _fallback_warned:
+            _fallback_warned.add(str(base))
+            log.warning(
+                "%s has no %s/ or %s/ folder: using its class folders for both train and val",
+                base, cfg.train_dir, cfg.val_dir,
+            )
+        return base
+    raise FastadvError(f"{root} does not exist: data.path {base} needs a {root.name}/ folder of class folders")
+
+
+def scan(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Sorted class names and (path, label) samples, like torchvision's ImageFolder."""
+    try:
+        classes, class_to_idx = find_classes(root)
+    except FileNotFoundError as exc:
+        raise FastadvError(
+            f"no class folders in {root}: expected one sub-folder per class (e.g. {root}/n01440764/*.JPEG)"
+        ) from exc
+    # make_dataset lower-cases file names before matching, so .JPEG counts too.
+    samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    counts = Counter(label for _, label in samples)
+    empty = [name for name in classes if counts[class_to_idx[name]] == 0]
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise FastadvError(
+            f"{len(empty)} of {len(classes)} class folder(s) in {root} hold no images "
+            f"({', '.join(IMG_EXTENSIONS)}): {shown}"
+        )
+    return classes, samples
+
+
+def train_transform(cfg: DataConfig) -> Callable[[Image.Image], torch.Tensor]:
+    return transforms.Compose([
+        transforms.RandomResizedCrop(cfg.image_size, scale=(cfg.min_scale, 1.0), antialias=True),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+    ])
+
+
+def val_transform(cfg: DataConfig) -> Callable[[Image.Image], torch.Tensor]:
+    return transforms.Compose([
+        transforms.Resize(cfg.val_resize, antialias=True),
+        transforms.CenterCrop(cfg.image_size),
+        transforms.ToTensor(),
+    ])
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Class-folder images; item `(index, sample_seed)` -> (image [3,H,W] in [0,1], label, index) or None."""
+
+    def __init__(
+        self,
+        root: Path,
+        transform: Callable[[Image.Image], torch.Tensor],
+        limit: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.transform = transform
+        self.classes, samples = scan(self.root)
+        samples = [samples[i] for i in limit_indices(len(samples), limit)]
+        self.paths = [path for path, _ in samples]
+        self.labels = [label for _, label in samples]
+        base = [os.path.basename(p) for p in self.paths]
+        unique = len(set(base)) == len(base)
+        self.file_names = base if unique else [os.path.relpath(p, self.root) for p in self.paths]
+        self._warned: set[int] = set()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> Image.Image | None:
+        """Decode one file to RGB, or warn (once per file) and return None."""
+        path = self.paths[index]
+        try:
+            with open(path, "rb") as f:
+                image = Image.open(f)
+                return image.convert("RGB")  # grayscale, CMYK, palette, PNG-as-JPEG -> RGB
+        except DECODE_ERRORS as exc:
+            if index not in self._warned:
+                self._warned.add(index)
+                log.warning("skipping %s: cannot decode (%s: %s)", path, type(exc).__name__, exc)
+            return None
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
+        index, seed = item
+        image = self.load(index)
+        if image is None:
+            return None
+        with torch.random.fork_rng(devices=[]):  # augmentation never touches the global RNG
+            torch.manual_seed(seed)
+            tensor = self.transform(image)
+        return tensor, self.labels[index], index
+
+
+def build_folder_dataset(cfg: DataConfig, split: str) -> FolderDataset:
+    root = split_root(cfg, split)
+    if split == "train":
+        return FolderDataset(root, train_transform(cfg), cfg.limit_train)
+    return FolderDataset(root, val_transform(cfg), cfg.limit_val)

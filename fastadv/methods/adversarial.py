@@ -1,0 +1,57 @@
+"""Adv and Adv+: PGD adversarial training, with the plain label (Adv) or the
+label-augmented target (Adv+, REFERENCE.md §3): the adversarial example counts as op j
+and gets y~ = [(1 - delta) onehot_K(y), delta onehot_M(j)].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastadv import kernels
+from fastadv.attacks import PGD
+from fastadv.config import Config
+from fastadv.models import predict_k
+
+
+@dataclass
+class AdversarialTraining:
+    attack: PGD
+    num_classes: int
+    delta: float = 0.0  # 0 = Adv (plain label); > 0 = Adv+
+    op_index: int = 0
+    clean_fraction: float = 0.0  # the first round(f * B) samples are trained clean, plain label
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "AdversarialTraining":
+        a = cfg.attack
+        attack = PGD(
+            eps=a.eps, steps=a.steps, alpha=a.alpha, random_start=a.random_start,
+            num_classes=cfg.model.num_classes, head=a.head,
+        )
+        label_augmented = cfg.method.name == "adv-plus"
+        return cls(
+            attack=attack,
+            num_classes=cfg.model.num_classes,
+            delta=cfg.method.delta if label_augmented else 0.0,
+            op_index=cfg.method.op_index,
+            clean_fraction=cfg.method.clean_fraction,
+        )
+
+    def inputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch (clean part, then adversarial part) and each sample's op index (-1 = clean)."""
+        n_clean = round(self.clean_fraction * x.shape[0])
+        x_adv = self.attack(model, x[n_clean:], y[n_clean:], eps=None if eps is None else eps[n_clean:])
+        ops = torch.full((x.shape[0],), self.op_index, dtype=torch.long, device=x.device)
+        ops[:n_clean] = -1
+        return (torch.cat([x[:n_clean], x_adv]) if n_clean else x_adv), ops
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x_train, ops = self.inputs(model, x, y)
+        logits = model(x_train)
+        loss = kernels.label_augmented_ce(logits, y, self.num_classes, op_index=ops if self.delta else None, delta=self.delta)
+        correct = predict_k(logits.detach(), self.num_classes) == y
+        adversarial = ops >= 0
+        return loss, {"train_acc": correct.float().mean(), "adv_acc": correct[adversarial].float().mean()}

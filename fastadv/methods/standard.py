@@ -1,0 +1,27 @@
+"""Std: clean training with the plain one-hot label."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastadv import kernels
+from fastadv.config import Config
+from fastadv.models import predict_k
+
+
+@dataclass
+class StandardTraining:
+    num_classes: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "StandardTraining":
+        return cls(num_classes=cfg.model.num_classes)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = model(x)
+        loss = kernels.label_augmented_ce(logits, y, self.num_classes)
+        acc = (predict_k(logits.detach(), self.num_classes) == y).float().mean()
+        return loss, {"train_acc": acc}
