@@ -38,8 +38,19 @@ def _eval(args: argparse.Namespace) -> None:
     if args.out and len(args.runs) > 1:
         raise FastadvError("--out names one folder; with several runs leave it out (each run writes <run>/eval)")
     for run in args.runs:
+        if args.skip_existing and _evaluated(run, args.out):
+            print(f"{run}: already evaluated (eval.json newer than the checkpoint), skipped")
+            continue
         out = evaluate(run, args.out, [_quote(o) for o in overrides], progress=not args.no_progress)
         print(f"predictions and eval.json: {out}")
+
+
+def _evaluated(run: str, out: str | None) -> bool:
+    from fastadv.checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(run)
+    done = Path(out) if out else ckpt.parent / "eval"
+    return (done / "eval.json").is_file() and (done / "eval.json").stat().st_mtime >= ckpt.stat().st_mtime
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -92,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="dataset root (sets data.path); default: the one the run trained on")
     e.add_argument("--out", help="output folder (one run only)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--skip-existing", action="store_true", help="skip runs whose eval.json is newer than their checkpoint")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for this evaluation, e.g. --set eval.eps=4/255")
     e.set_defaults(func=_eval)
