@@ -1,10 +1,24 @@
 """Fused kernels behind one dispatcher each: Triton on CUDA tensors, plain torch elsewhere.
 
-The dispatchers below are the only place in fastadv that looks at the device to pick a path.
-Until the Triton kernels land (fast-path issue) every device uses the reference.
+The dispatchers below are the only place in fastadv that looks at the device to pick a path
+(`use_triton`). Triton is imported lazily and guarded, so `import fastadv.kernels` works
+where triton is not installed; the Triton modules (`pgd_update`, `la_xent`) are imported on
+first use only.
+
+Environment switch FASTADV_TRITON:
+  unset / "auto"  Triton for CUDA tensors when triton imports, the reference otherwise;
+  "interpret"     also Triton for CPU tensors, when TRITON_INTERPRET=1 is set too (the
+                  Triton interpreter; lets CI exercise the fused path without a GPU);
+  "0" / "off"     always the reference (e.g. to benchmark against it on a GPU).
+Inputs the kernels do not cover (fp64, other dtypes) always take the reference.
 """
 
 from __future__ import annotations
+
+import functools
+import os
+import sys
+import types
 
 import torch
 
@@ -20,11 +34,66 @@ __all__ = [
     "label_augmented_target",
     "pgd_update",
     "random_start",
+    "triton_available",
+    "use_triton",
 ]
+
+_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class _KernelsPackage(types.ModuleType):
+    """The package module, guarded against one name clash.
+
+    Importing the submodule `fastadv.kernels.pgd_update` (the Triton kernel) makes Python bind
+    it as the package attribute `pgd_update`, which would shadow the dispatcher function of
+    the same name (`kernels.pgd_update(...)` would then call a module). Keep the function;
+    the submodule stays importable with `from fastadv.kernels.pgd_update import ...`.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "pgd_update" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _KernelsPackage
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when triton imports (cached; a broken or missing install means the reference)."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a triton that fails to initialise
+        return False
+    return True
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """Should the fused Triton path handle `tensor`? See FASTADV_TRITON in the module doc."""
+    mode = os.environ.get("FASTADV_TRITON", "auto").strip().lower()
+    if mode in ("0", "off", "false", "no", "reference"):
+        return False
+    if tensor.is_cuda:
+        return triton_available()
+    if mode == "interpret" and os.environ.get("TRITON_INTERPRET", "") == "1":
+        return triton_available()
+    return False
 
 
 def pgd_update(x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, alpha, eps) -> torch.Tensor:
     """x_adv <- clip(clip(x_adv + alpha sign(grad), x - eps, x + eps), 0, 1) (REFERENCE.md §2)."""
+    if (
+        use_triton(x_adv)
+        and x_adv.dtype == torch.float32
+        and x.dtype == torch.float32
+        and grad.dtype in _FAST_DTYPES
+        and x_adv.dim() > 0
+    ):
+        from fastadv.kernels.pgd_update import pgd_update_triton
+
+        return pgd_update_triton(x_adv, x, grad, alpha, eps)
     return pgd_update_reference(x_adv, x, grad, alpha, eps)
 
 
@@ -42,4 +111,8 @@ def label_augmented_ce(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Label-augmented cross-entropy over K+M logits; delta = 0 is plain cross-entropy."""
+    if use_triton(logits) and logits.dtype in _FAST_DTYPES and logits.dim() == 2:
+        from fastadv.kernels.la_xent import label_augmented_ce_triton
+
+        return label_augmented_ce_triton(logits, target, num_classes, op_index, delta, reduction)
     return label_augmented_ce_reference(logits, target, num_classes, op_index, delta, reduction)

@@ -187,3 +187,15 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         checkpoint.save_checkpoint(path, {"progress": {"step": 2}})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_clean_fraction_trains_the_first_samples_clean_with_the_plain_label():
+    cfg = load_config("demo-adv-plus", ["data.image_size=16", "method.clean_fraction=0.25", "attack.steps=1"])
+    method = build_method(cfg)
+    model = build_model(cfg.model)
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 10
+    x_train, ops = method.inputs(model, x, y)
+    assert ops.tolist() == [-1, -1, 0, 0, 0, 0, 0, 0]
+    assert torch.equal(x_train[:2], x[:2])
+    assert not torch.equal(x_train[2:], x[2:])
+    assert ((x_train - x).abs().amax() <= cfg.attack.eps + 1e-6)
