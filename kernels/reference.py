@@ -45,7 +45,8 @@ def pgd_update_reference(
 
 def random_start_reference(x: torch.Tensor, eps: float | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """x + U(-eps, eps), clamped to [0, 1] (the PGD random start)."""
-    noise = torch.empty_like(x).uniform_(-1.0, 1.0, generator=generator)
+    # Drawn in logical (NCHW) order whatever x's memory format, so channels_last runs see the same noise.
+    noise = torch.empty(x.shape, dtype=x.dtype, device=x.device).uniform_(-1.0, 1.0, generator=generator)
     return torch.clamp(x + noise * per_sample(eps, x), min=0.0, max=1.0)
 
 
