@@ -2,8 +2,9 @@
 
 The dispatchers below are the only place in fastadv that looks at the device to pick a path
 (`use_triton`). Triton is imported lazily and guarded, so `import fastadv.kernels` works
-where triton is not installed; the Triton modules (`pgd_update`, `la_xent`) are imported on
-first use only.
+where triton is not installed; the Triton modules (`pgd_step`, `la_xent`) are imported on
+first use only. (The PGD kernel's module is not called `pgd_update`: a submodule of that
+name would replace the `pgd_update` dispatcher as a package attribute once imported.)
 
 Environment switch FASTADV_TRITON:
   unset / "auto"  Triton for CUDA tensors when triton imports, the reference otherwise;
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
-import types
 
 import torch
 
@@ -39,24 +38,6 @@ __all__ = [
 ]
 
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-class _KernelsPackage(types.ModuleType):
-    """The package module, guarded against one name clash.
-
-    Importing the submodule `fastadv.kernels.pgd_update` (the Triton kernel) makes Python bind
-    it as the package attribute `pgd_update`, which would shadow the dispatcher function of
-    the same name (`kernels.pgd_update(...)` would then call a module). Keep the function;
-    the submodule stays importable with `from fastadv.kernels.pgd_update import ...`.
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "pgd_update" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _KernelsPackage
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,7 +72,7 @@ def pgd_update(x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, alpha, 
         and grad.dtype in _FAST_DTYPES
         and x_adv.dim() > 0
     ):
-        from fastadv.kernels.pgd_update import pgd_update_triton
+        from fastadv.kernels.pgd_step import pgd_update_triton
 
         return pgd_update_triton(x_adv, x, grad, alpha, eps)
     return pgd_update_reference(x_adv, x, grad, alpha, eps)

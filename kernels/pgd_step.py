@@ -17,8 +17,8 @@ gaps, a permuted batch dimension) falls back to copying x and grad into x_adv's 
 all three into a contiguous (or channels_last) layout when x_adv itself does not qualify.
 The output has x_adv's layout in every case.
 
-This module imports triton at import time: import it only through the dispatcher
-(`fastadv.kernels`), which guards the import.
+This module imports triton at import time; the dispatcher (`fastadv.kernels`) imports it
+lazily, so the package itself imports without triton.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def _batch_outermost(t: torch.Tensor) -> bool:
 def _like(src: torch.Tensor, template: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """`src` copied into `template`'s exact strides (no copy when it already has them)."""
     dtype = src.dtype if dtype is None else dtype
-    if _dense_key(src) == _dense_key(template) and src.dtype == dtype:
+    key = _dense_key(template)
+    if key is not None and _dense_key(src) == key and src.dtype == dtype:
         return src
     out = torch.empty_like(template, dtype=dtype)  # preserve_format keeps a dense template's strides
     out.copy_(src)
