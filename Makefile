@@ -21,7 +21,7 @@ endif
 MODELS := std adv adv-plus
 CKPTS ?= $(foreach m,$(MODELS),$(wildcard $(RUNS)/$(PREFIX)-$(m)))
 
-.PHONY: help install test train-std train-adv train-adv-plus eval clean-runs
+.PHONY: help install test bench train-std train-adv train-adv-plus eval clean-runs
 
 help:  ## list the targets
 	@echo "make install          create .venv and install fastadv with its test extras (quick when done)"
@@ -29,6 +29,7 @@ help:  ## list the targets
 	@echo "make train-std        train, evaluate and report Std   (demo data, or DATA=/path/to/imagenet)"
 	@echo "make train-adv        train, evaluate and report Adv   (PGD-10 adversarial training)"
 	@echo "make train-adv-plus   train, evaluate and report Adv+  (PGD-10 + label augmentation)"
+	@echo "make bench            images/sec, memory, TFLOP/s: fast path vs baselines -> bench/results/"
 	@echo "make eval             evaluate every trained run (CKPTS) into one report: RUNS/report"
 	@echo "make clean-runs       delete RUNS"
 	@echo "variables: DATA=$(DATA) RUNS=$(RUNS) ARGS='optim.epochs=2 ...' CKPTS='runs/a runs/b'"
@@ -44,6 +45,9 @@ $(STAMP): pyproject.toml requirements.txt
 
 test: install  ## run the test suite (CPU; Triton kernels run under TRITON_INTERPRET=1)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+
+bench: install  ## benchmark the fast path against the research and eager AMP loops (BENCH_ARGS=...)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 $(addprefix train-,$(MODELS)): train-%: install  ## train-std | train-adv | train-adv-plus: train, evaluate and report one model
 	$(BIN)/fastadv train --recipe $(PREFIX)-$* $(DATA_ARG) --out $(RUNS)/$(PREFIX)-$* $(ARGS)

@@ -86,7 +86,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: bool = True
-    compile: bool = False
+    compile: str = "auto"  # auto (on for CUDA, off on the CPU) | true | false
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = epoch ends only)
     log_every: int = 20  # steps between JSONL log lines (clean batch accuracy is measured then)
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = all epochs)
@@ -100,7 +101,14 @@ class EvalConfig:
     alpha: float = 0.0  # 0 = 2.5 * eps / steps
     random_start: bool = True
     batch_size: int = 0  # 0 = data.eval_batch_size
-    seed: int = 0
+    seed: int = 0  # PGD random start and generated ImageNet-C noise
+    # ImageNet-C: "" = not evaluated (reported as skipped) | a released folder
+    # <corruption>/<severity>/<wnid>/*.JPEG | "generate" (from the val images, cached as JPEG q85)
+    imagenet_c: str = ""
+    imagenet_c_cache: str = ""  # where "generate" writes ("" = ~/.cache/fastadv/imagenet-c/<key>)
+    corruptions: str = "common"  # common (the 15 of mCE) | all (+ the 4 extra) | comma-separated names
+    severities: str = "1,2,3,4,5"
+    real_labels: str = ""  # ReaL label lists ("" = real.json shipped inside the imagenet-x package)
 
 
 @dataclass
@@ -122,6 +130,8 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "nam
 METHOD_NAMES = ("std", "adv", "adv-plus")
 BACKENDS = ("folder", "demo")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+COMPILE_CHOICES = ("auto", "true", "false")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ATTACK_HEADS = ("all", "k")
 
 
@@ -239,6 +249,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
                 raise ValueError
             return float(value)
         if typ is str:
+            if isinstance(value, bool):
+                return "true" if value else "false"
             return str(value)
         if origin is tuple:
             items = list(value) if not isinstance(value, str) else value.split(",")
@@ -276,6 +288,8 @@ def validate(cfg: Config) -> None:
     _choice("method.name", me.name, METHOD_NAMES)
     _choice("data.backend", d.backend, BACKENDS)
     _choice("train.amp", t.amp, AMP_MODES)
+    _choice("train.compile", t.compile, COMPILE_CHOICES)
+    _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
     _choice("attack.head", a.head, ATTACK_HEADS)
     if me.name != "std":
         check_eps("attack.eps", a.eps)

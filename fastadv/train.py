@@ -56,6 +56,35 @@ def cosine_lr(step: int, total_steps: int, base_lr: float, min_ratio: float, war
     return floor + 0.5 * (base_lr - floor) * (1 + math.cos(math.pi * progress))
 
 
+def compile_enabled(setting: str, device: torch.device) -> bool:
+    """train.compile: auto = on for CUDA (the fast path), off on the CPU (compiling costs minutes there)."""
+    return setting == "true" or (setting == "auto" and device.type == "cuda")
+
+
+def maybe_compile(model: torch.nn.Module, setting: str, mode: str, device: torch.device) -> torch.nn.Module:
+    """The compiled wrapper (sharing parameters with `model`) or `model` itself."""
+    return torch.compile(model, mode=mode) if compile_enabled(setting, device) else model
+
+
+def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: torch.dtype | None,
+               where: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step of `method` (attack included); refuses a NaN/inf loss before the update.
+
+    Shared by the Trainer and the benchmark, so `make bench` times exactly this code.
+    """
+    model.train()
+    with autocast(device, amp):
+        loss, stats = method(model, x, y)
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"the loss became {loss.item()}{where}; training stopped before the update")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, stats
+
+
 def prepare_model(model: RobustClassifier, device: torch.device, channels_last: bool) -> RobustClassifier:
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
@@ -115,7 +144,7 @@ class Trainer:
                 f"{cfg.model.num_classes}; set model.num_classes={self.train_set.num_classes}"
             )
         self.model = prepare_model(build_model(cfg.model), self.device, cfg.train.channels_last)
-        self.run_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.run_model = maybe_compile(self.model, cfg.train.compile, cfg.train.compile_mode, self.device)
         o = cfg.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -201,19 +230,14 @@ class Trainer:
         lr = cosine_lr(p.step, self.total_steps, cfg.optim.lr, cfg.optim.min_lr_ratio, cfg.optim.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.model.train()
-        with autocast(self.device, self.amp):
-            loss, stats = self.method(self.run_model, x, y)
-        if not torch.isfinite(loss):
+        try:
+            loss, stats = train_step(self.method, self.run_model, self.optimizer, self.scaler, x, y, self.device,
+                                     self.amp, where=f" at step {p.step + 1} (epoch {p.epoch + 1})")
+        except NonFiniteLossError as exc:
             raise NonFiniteLossError(
-                f"the loss became {loss.item()} at step {p.step + 1} (epoch {p.epoch + 1}); training stopped before "
-                f"the update, and the last good checkpoint {self.checkpoint_path} is intact. "
+                f"{exc}, and the last good checkpoint {self.checkpoint_path} is intact. "
                 f"Try a lower optim.lr, or train.amp=off if this happened under fp16"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            ) from None
         p.step += 1
         p.batch_in_epoch += 1
         window["images"] += x.shape[0]

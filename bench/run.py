@@ -1,0 +1,193 @@
+"""`make bench`: images/sec, peak memory and TFLOP/s of fastadv's fast path vs two baselines.
+
+    python -m bench.run                  # CPU: ResNet-50 at 64 px, batch 8; GPU: 224 px, batch 64/128/256
+    python -m bench.run --size 224 --batch 256 --workloads adv_plus_train_step
+
+Prints a table and writes JSON to bench/results/<device>-<date>.json. Warm-up calls are
+excluded; each number is the median of repeated runs. The cost model is REFERENCE.md §8:
+one forward's FLOPs are counted by torch.utils.flop_counter at the benchmarked size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench import kernels_bench
+from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, time_it
+from bench.workloads import FORWARDS_PER_IMAGE, WORKLOADS, kernel_path, make_setup, variants, workload
+from fastadv.config import ModelConfig
+from fastadv.models import build_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def forward_gflops(arch: str, num_classes: int, num_aux: int, size: int) -> float:
+    """FLOPs of one forward pass of one image (2 x multiply-adds), counted, not assumed."""
+    model = build_model(ModelConfig(arch=arch, num_classes=num_classes, num_aux=num_aux, pretrained=False)).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.rand(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--size", type=int, default=0, help="image size (default: 224 on a GPU, 64 on the CPU)")
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default: 64 128 256 on a GPU, 8 on the CPU)")
+    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    p.add_argument("--variants", nargs="+", default=["research", "eager-amp-cl", "fastadv"])
+    p.add_argument("--repeats", type=int, default=0, help="timed runs per measurement (default 10 GPU, 3 CPU)")
+    p.add_argument("--warmup", type=int, default=0, help="untimed runs first (default 3 GPU, 1 CPU; compiles happen here)")
+    p.add_argument("--no-compile-on-cpu", action="store_true", help="fastadv variant eager on the CPU (compiling ResNet-50 takes minutes)")
+    p.add_argument("--skip-kernels", action="store_true")
+    p.add_argument("--out", default=str(RESULTS), help="folder for the JSON result")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    gpu = device.type == "cuda"
+    size = args.size or (224 if gpu else 64)
+    batches = args.batch or ([64, 128, 256] if gpu else [8])
+    repeats = args.repeats or (10 if gpu else 3)
+    warmup = args.warmup or (3 if gpu else 1)
+    num_classes, num_aux = 1000, 1
+    facts = device_facts(device)
+    print(f"device: {facts['name']} ({device}), torch {facts['torch']}, {args.arch} at {size} px", flush=True)
+
+    peak_dtype = torch.bfloat16 if gpu else torch.float32
+    peak = matmul_peak_tflops(device, peak_dtype, 8192 if gpu else 2048)
+    copy_bw = copy_bandwidth_gbs(device, 1024 if gpu else 256)
+    fwd_gflops = forward_gflops(args.arch, num_classes, num_aux, size)
+    print(f"measured: matmul {peak:.2f} TFLOP/s ({peak_dtype}), copy {copy_bw:.1f} GB/s, "
+          f"forward {fwd_gflops:.3f} GFLOP/image", flush=True)
+
+    rows = []
+    chosen = [v for v in variants(device, compile_on_cpu=not args.no_compile_on_cpu) if v.name in args.variants]
+    for batch in batches:
+        for variant in chosen:
+            with kernel_path(variant.fused_kernels):
+                setup = fn = None
+                try:
+                    setup = make_setup(variant, args.arch, num_classes, num_aux, batch, size, device)
+                    for name in args.workloads:
+                        fn = workload(name, variant, setup, num_classes, device)
+                        t = time_it(fn, device, warmup, repeats)
+                        ips = batch / t.median_s
+                        tflops = ips * FORWARDS_PER_IMAGE[name] * fwd_gflops / 1e3
+                        rows.append({"workload": name, "variant": variant.name, "batch": batch, "images_per_sec": ips,
+                                     "ms_per_batch": 1e3 * t.median_s, "runs_s": t.runs_s, "peak_memory_mib": t.peak_mib,
+                                     "tflops": tflops, "percent_of_peak": 100 * tflops / peak})
+                        print(f"  {name:20s} {variant.name:13s} batch {batch:4d}: {ips:9.1f} img/s  "
+                              f"{t.peak_mib:9.0f} MiB  {tflops:7.3f} TFLOP/s", flush=True)
+                except torch.OutOfMemoryError:
+                    print(f"  batch {batch} {variant.name}: out of memory, skipped", flush=True)
+                finally:
+                    setup = fn = None
+                    gc.collect()
+                    if gpu:
+                        torch.cuda.empty_cache()
+    add_ratios(rows)
+
+    kernels = []
+    if not args.skip_kernels:
+        kb = max(batches)
+        kernels += kernels_bench.pgd_update_rows(device, kb, 224 if gpu else 112, warmup, repeats)
+        kernels += kernels_bench.la_xent_rows(device, 256 if gpu else 64, num_classes + num_aux, num_classes, warmup, repeats)
+        for k in kernels:
+            k["percent_of_copy_bandwidth"] = 100 * k["gb_per_s"] / copy_bw
+
+    result = {
+        "device": facts, "date": dt.date.today().isoformat(), "command": "python -m bench.run " + " ".join(sys.argv[1:]),
+        "arch": args.arch, "image_size": size, "batches": batches, "repeats": repeats, "warmup": warmup,
+        "measured_matmul_peak_tflops": peak, "peak_dtype": str(peak_dtype), "copy_bandwidth_gbs": copy_bw,
+        "forward_gflops_per_image": fwd_gflops, "forwards_per_image": FORWARDS_PER_IMAGE,
+        "variants": {v.name: {"channels_last": v.channels_last, "amp": str(v.amp), "compile": v.compile,
+                              "fused_kernels": v.fused_kernels} for v in chosen},
+        "results": rows, "kernels": kernels, "targets": targets(rows, kernels, gpu, size),
+    }
+    print_table(result)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", str(facts["name"]).lower()).strip("-")
+    path = out / f"{slug}-{result['date']}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nwritten: {path}")
+    return 0
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Speed of each row relative to the research loop and the eager AMP + channels_last loop."""
+    index = {(r["workload"], r["batch"], r["variant"]): r for r in rows}
+    for r in rows:
+        for base in ("research", "eager-amp-cl"):
+            ref = index.get((r["workload"], r["batch"], base))
+            r[f"x_{base}"] = r["images_per_sec"] / ref["images_per_sec"] if ref else None
+
+
+def targets(rows: list[dict], kernels: list[dict], gpu: bool, size: int) -> list[dict]:
+    """The fast-path issue's targets, each with the measured value and met / not met."""
+    def find(workload: str, variant: str, batch: int | None = None):
+        cands = [r for r in rows if r["workload"] == workload and r["variant"] == variant
+                 and (batch is None or r["batch"] == batch)]
+        return max(cands, key=lambda r: r["batch"]) if cands else None
+
+    out = []
+    if not gpu:
+        r = find("pgd10_attack", "fastadv")
+        if r and r["x_research"]:
+            out.append({"target": "CPU: PGD-10 attack >= 1.2x research loop", "value": r["x_research"], "met": r["x_research"] >= 1.2})
+        return out
+    big = 256 if size == 224 else None
+    r = find("adv_plus_train_step", "fastadv", big)
+    if r:
+        out.append({"target": "GPU: PGD-10 Adv+ training >= 600 img/s (224, batch 256)", "value": r["images_per_sec"],
+                    "met": r["images_per_sec"] >= 600 and size == 224 and r["batch"] == 256})
+        for base, need in (("research", 3.0), ("eager-amp-cl", 1.25)):
+            v = r[f"x_{base}"]
+            if v:
+                out.append({"target": f"GPU: Adv+ training >= {need}x {base}", "value": v, "met": v >= need})
+        s = find("std_train_step", "fastadv", r["batch"])
+        if s:
+            ratio = r["peak_memory_mib"] / s["peak_memory_mib"]
+            out.append({"target": "GPU: PGD-10 step peak memory <= 1.15x standard step", "value": ratio, "met": ratio <= 1.15})
+    for k in kernels:
+        if k["kernel"] == "pgd_update" and k["path"] == "triton":
+            v = k["percent_of_copy_bandwidth"]
+            out.append({"target": "GPU: pgd_update >= 80% of copy bandwidth", "value": v, "met": v >= 80})
+    return out
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{'workload':20s} {'variant':13s} {'batch':>5s} {'img/s':>9s} {'ms/batch':>9s} {'peak MiB':>9s} "
+          f"{'TFLOP/s':>8s} {'%peak':>6s} {'x research':>10s} {'x eager':>8s}")
+    for r in result["results"]:
+        xr = f"{r['x_research']:.2f}" if r["x_research"] else "-"
+        xe = f"{r['x_eager-amp-cl']:.2f}" if r["x_eager-amp-cl"] else "-"
+        print(f"{r['workload']:20s} {r['variant']:13s} {r['batch']:5d} {r['images_per_sec']:9.1f} {r['ms_per_batch']:9.1f} "
+              f"{r['peak_memory_mib']:9.0f} {r['tflops']:8.3f} {r['percent_of_peak']:6.1f} {xr:>10s} {xe:>8s}")
+    if result["kernels"]:
+        print(f"\n{'kernel':30s} {'path':10s} {'GB/s':>8s} {'% of copy':>9s}   (copy {result['copy_bandwidth_gbs']:.1f} GB/s)")
+        for k in result["kernels"]:
+            print(f"{k['kernel']:30s} {k['path']:10s} {k['gb_per_s']:8.1f} {k['percent_of_copy_bandwidth']:9.1f}")
+        if result["device"]["kind"] != "gpu":
+            print("(Triton kernels are timed on a GPU only: on the CPU they run in the interpreter, a correctness tool)")
+    for t in result["targets"]:
+        print(f"target {'MET    ' if t['met'] else 'NOT MET'} {t['target']}: {t['value']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

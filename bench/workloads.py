@@ -1,0 +1,173 @@
+"""What `make bench` times: the same workloads for fastadv's fast path and two baselines.
+
+- research:  the common research loop: torchattacks-style PGD (fp32, eager, NCHW, parameters
+             left requiring grad), dense soft-target CE, `loss.backward()`.
+- eager-amp-cl: fastadv's own code with AMP (bf16 on CUDA) and channels_last, but eager and
+             with the plain-torch kernels (FASTADV_TRITON=off).
+- fastadv:   the fast path: the same code compiled (torch.compile), channels_last, AMP, fused
+             Triton kernels on CUDA.
+The fastadv variants call the exact functions the Trainer and the evaluator call
+(`PGD.__call__`, `fastadv.train.train_step`), so the benchmark times the shipped code.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from fastadv.attacks import PGD
+from fastadv.config import ModelConfig
+from fastadv.kernels import label_augmented_target
+from fastadv.methods.adversarial import AdversarialTraining
+from fastadv.methods.standard import StandardTraining
+from fastadv.models import build_model
+from fastadv.train import autocast, train_step
+
+EPS = 0.03
+TRAIN_STEPS = 10
+EVAL_STEPS = 40
+DELTA = 0.03
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    channels_last: bool
+    amp: torch.dtype | None
+    compile: bool
+    fused_kernels: bool
+
+
+def variants(device: torch.device, compile_on_cpu: bool = True) -> list[Variant]:
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    return [
+        Variant("research", channels_last=False, amp=None, compile=False, fused_kernels=False),
+        Variant("eager-amp-cl", channels_last=True, amp=amp, compile=False, fused_kernels=False),
+        Variant("fastadv", channels_last=True, amp=amp, compile=device.type == "cuda" or compile_on_cpu,
+                fused_kernels=True),
+    ]
+
+
+@contextmanager
+def kernel_path(fused: bool) -> Iterator[None]:
+    """Select Triton (auto: on CUDA tensors) or the plain-torch kernels for the duration."""
+    old = os.environ.get("FASTADV_TRITON")
+    os.environ["FASTADV_TRITON"] = "auto" if fused else "off"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FASTADV_TRITON", None)
+        else:
+            os.environ["FASTADV_TRITON"] = old
+
+
+# --------------------------------------------------------------------------- research loop
+def research_pgd(model, x, y, eps: float, alpha: float, steps: int) -> torch.Tensor:
+    """torchattacks.PGD as commonly used: eval mode, random start, autograd.grad, last iterate."""
+    model.eval()
+    adv = torch.clamp(x + torch.empty_like(x).uniform_(-eps, eps), 0, 1).detach()
+    for _ in range(steps):
+        adv.requires_grad = True
+        cost = F.cross_entropy(model(adv), y)
+        grad = torch.autograd.grad(cost, adv)[0]
+        adv = adv.detach() + alpha * grad.sign()
+        delta = torch.clamp(adv - x, min=-eps, max=eps)
+        adv = torch.clamp(x + delta, min=0, max=1).detach()
+    return adv
+
+
+def research_train_step(model, optimizer, x, y, soft_target: torch.Tensor | None, attack: bool) -> None:
+    x_train = research_pgd(model, x, y, EPS, EPS / 4, TRAIN_STEPS) if attack else x
+    model.train()
+    logits = model(x_train)
+    if soft_target is None:
+        loss = F.cross_entropy(logits, y)
+    else:
+        loss = -(soft_target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+# --------------------------------------------------------------------------- the workloads
+@dataclass
+class Setup:
+    """A model and a batch prepared for one variant."""
+
+    model: torch.nn.Module  # the module holding the parameters
+    run_model: torch.nn.Module  # what is called (compiled or not)
+    x: torch.Tensor
+    y: torch.Tensor
+    optimizer: torch.optim.Optimizer
+
+
+def make_setup(variant: Variant, arch: str, num_classes: int, num_aux: int, batch: int, size: int,
+               device: torch.device) -> Setup:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, num_classes=num_classes, num_aux=num_aux, pretrained=False)).to(device)
+    x = torch.rand(batch, 3, size, size, device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    if variant.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    run_model = torch.compile(model) if variant.compile else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-5)
+    return Setup(model, run_model, x, y, optimizer)
+
+
+def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: torch.device) -> Callable[[], object]:
+    """A zero-argument callable running one batch of `name` for `variant`."""
+    num_aux = s.model.num_aux
+    train_attack = PGD(eps=EPS, steps=TRAIN_STEPS, num_classes=num_classes, head="all")
+    eval_attack = PGD(eps=EPS, steps=EVAL_STEPS, alpha=2.5 * EPS / EVAL_STEPS, num_classes=num_classes, head="k")
+    if variant.name == "research":
+        soft = label_augmented_target(s.y, num_classes, num_aux, 0, DELTA).float() if num_aux else None
+        return {
+            "pgd10_attack": lambda: research_pgd(s.model, s.x, s.y, EPS, EPS / 4, TRAIN_STEPS),
+            "adv_plus_train_step": lambda: research_train_step(s.model, s.optimizer, s.x, s.y, soft, attack=True),
+            "pgd40_eval": lambda: _research_eval(s, num_classes),
+            "std_train_step": lambda: research_train_step(s.model, s.optimizer, s.x, s.y, None, attack=False),
+        }[name]
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    adv_plus = AdversarialTraining(train_attack, num_classes, delta=DELTA if num_aux else 0.0)
+    std = StandardTraining(num_classes)
+
+    def attack() -> torch.Tensor:
+        with autocast(device, variant.amp):
+            return train_attack(s.run_model, s.x, s.y)
+
+    def evaluate() -> torch.Tensor:
+        with autocast(device, variant.amp):
+            x_adv = eval_attack(s.run_model, s.x, s.y)
+            with torch.no_grad():
+                return s.run_model(x_adv).argmax(dim=1)
+
+    return {
+        "pgd10_attack": attack,
+        "adv_plus_train_step": lambda: train_step(adv_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device, variant.amp),
+        "pgd40_eval": evaluate,
+        "std_train_step": lambda: train_step(std, s.run_model, s.optimizer, scaler, s.x, s.y, device, variant.amp),
+    }[name]
+
+
+def _research_eval(s: Setup, num_classes: int) -> torch.Tensor:
+    x_adv = research_pgd(s.model, s.x, s.y, EPS, 2.5 * EPS / EVAL_STEPS, EVAL_STEPS)
+    with torch.no_grad():
+        return s.model(x_adv)[:, :num_classes].argmax(dim=1)
+
+
+# Forward passes per image of each workload (REFERENCE.md §8): an input-gradient backward
+# costs about one forward, a full backward about two.
+FORWARDS_PER_IMAGE = {
+    "pgd10_attack": 2 * TRAIN_STEPS,
+    "adv_plus_train_step": 2 * TRAIN_STEPS + 3,
+    "pgd40_eval": 2 * EVAL_STEPS + 1,
+    "std_train_step": 3,
+}
+WORKLOADS = tuple(FORWARDS_PER_IMAGE)
