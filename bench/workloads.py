@@ -26,7 +26,8 @@ from fastadv.kernels import label_augmented_target
 from fastadv.methods.adversarial import AdversarialTraining
 from fastadv.methods.standard import StandardTraining
 from fastadv.models import build_model
-from fastadv.train import autocast, train_step
+from fastadv.runtime import autocast
+from fastadv.train import train_step
 
 EPS = 0.03
 TRAIN_STEPS = 10

@@ -148,3 +148,29 @@ def fgsm(
     """FGSM: one step of size eps, or 1.25 eps from a random start ("fast is better than free")."""
     alpha = eps * 1.25 if random_start else eps
     return pgd_linf(model, x, y, eps=eps, alpha=alpha, steps=1, random_start=random_start, num_classes=num_classes, head=head)
+
+
+def trades_kl_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    alpha: float | torch.Tensor,
+    steps: int,
+    num_classes: int,
+    init_std: float = 0.001,
+) -> torch.Tensor:
+    """TRADES' inner maximization: PGD on KL(f(x) || f(x')) over the K class logits,
+    starting at x + N(0, init_std^2) (Zhang et al. 2019, their reference code)."""
+    x = x.detach()
+    with attack_mode(model):
+        with torch.no_grad():
+            p_clean = torch.softmax(model(x)[:, :num_classes].float(), dim=1)
+        x_adv = x + init_std * torch.randn(x.shape, dtype=x.dtype, device=x.device)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            log_p_adv = torch.log_softmax(model(x_adv)[:, :num_classes].float(), dim=1)
+            loss = torch.nn.functional.kl_div(log_p_adv, p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = kernels.pgd_update(x_adv.detach(), x, grad, alpha, eps)
+    return x_adv.detach()

@@ -36,7 +36,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    backend: str = "folder"  # folder | demo   (dali and ffcv arrive with the data issue)
+    backend: str = "folder"  # auto (dali on a CUDA machine with DALI installed, else folder) | dali | ffcv | folder | demo
     path: str = ""  # dataset root holding train/ and val/ class folders
     train_dir: str = "train"
     val_dir: str = "val"
@@ -48,6 +48,10 @@ class DataConfig:
     workers: int = 4
     limit_train: int = 0  # use only the first N training images of a fixed shuffle (0 = all)
     limit_val: int = 0
+    dali_device: str = "auto"  # dali decode: auto (mixed = nvJPEG on the GPU when the run is on CUDA) | cpu | gpu
+    ffcv_train: str = ""  # .beton of the training split ("" = <path>/<train_dir>.beton)
+    ffcv_val: str = ""  # .beton of the validation split ("" = <path>/<val_dir>.beton)
+    timeout: float = 300.0  # seconds without a batch before the dali / ffcv loader raises (never hangs)
 
 
 @dataclass
@@ -59,14 +63,33 @@ class AttackConfig:
     steps: int = 10
     random_start: bool = True
     head: str = "all"  # all = CE over K+M logits (paper) | k = CE over the K class logits
+    temperature: float = 1.0  # Temperature-PGD: the attack's CE uses softmax(z / T); 1 = plain PGD
 
 
 @dataclass
 class MethodConfig:
-    name: str = "adv-plus"  # std | adv | adv-plus
+    name: str = "adv-plus"  # std | adv | adv-plus | trades | cfa-at | cfa-trades | adv-plus-cfa
     delta: float = 0.03  # label-augmentation weight of the op label (adv-plus)
     op_index: int = 0  # which of the M op labels marks an adversarial example
     clean_fraction: float = 0.0  # share of each batch trained clean with the plain label
+    beta: float = 6.0  # TRADES: weight of the KL robustness term
+    trades_init_std: float = 0.001  # TRADES: the KL attack starts at x + N(0, std^2)
+
+
+@dataclass
+class CfaConfig:
+    """CFA (Wei et al. 2023): class-wise calibrated eps (CCM), beta (CCR), gated weight averaging (FAWA)."""
+
+    ccm: bool = True  # eps_k = (lambda1 + t_k) * eps, t_k = last epoch's robust train accuracy of class k
+    ccr: bool = True  # TRADES only: beta_k = (lambda2 + t_k) * beta, loss / (1 + beta_y)
+    fawa: bool = True  # weight average, updated only when the worst class passes the gate
+    lambda1: float = 0.5  # 0.5 for PGD-AT, 0.3 for TRADES (the recipes set it)
+    lambda2: float = 0.5
+    warmup_epochs: int = 1  # calibration and averaging start after this many epochs
+    fawa_threshold: float = 0.2  # worst-class PGD accuracy on the held-out split needed to update
+    fawa_decay: float = 0.85  # theta_bar = decay * theta_bar + (1 - decay) * theta
+    fawa_gate: bool = True  # false = plain EMA every epoch (no worst-class gate)
+    fawa_steps: int = 10  # PGD steps of the gate's evaluation on the held-out split
 
 
 @dataclass
@@ -92,6 +115,7 @@ class TrainConfig:
     log_every: int = 20  # steps between JSONL log lines (clean batch accuracy is measured then)
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = all epochs)
     progress: bool = True
+    holdout_per_class: float = 0.0  # fraction of each class held out of training as a validation split (FAWA)
 
 
 @dataclass
@@ -118,6 +142,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    cfa: CfaConfig = field(default_factory=CfaConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -127,8 +152,9 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
-METHOD_NAMES = ("std", "adv", "adv-plus")
-BACKENDS = ("folder", "demo")
+METHOD_NAMES = ("std", "adv", "adv-plus", "trades", "cfa-at", "cfa-trades", "adv-plus-cfa")
+BACKENDS = ("auto", "dali", "ffcv", "folder", "demo")
+DALI_DEVICES = ("auto", "cpu", "gpu")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_CHOICES = ("auto", "true", "false")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -304,9 +330,21 @@ def validate(cfg: Config) -> None:
         raise FastadvError(f"method.delta={me.delta:g} must be in [0, 1), e.g. 0.03")
     if not 0 <= me.clean_fraction <= 1:
         raise FastadvError(f"method.clean_fraction={me.clean_fraction:g} must be in [0, 1]")
-    if me.name == "adv-plus":
+    if a.temperature <= 0:
+        raise FastadvError(f"attack.temperature={a.temperature:g} must be > 0 (1 = plain PGD)")
+    if me.beta < 0:
+        raise FastadvError(f"method.beta={me.beta:g} must be >= 0")
+    if not 0 <= t.holdout_per_class < 1:
+        raise FastadvError(f"train.holdout_per_class={t.holdout_per_class:g} must be in [0, 1), e.g. 0.02")
+    c = cfg.cfa
+    if not 0 <= c.fawa_decay < 1 or not 0 <= c.fawa_threshold <= 1 or c.warmup_epochs < 0 or c.fawa_steps < 1:
+        raise FastadvError("cfa: need 0 <= fawa_decay < 1, 0 <= fawa_threshold <= 1, warmup_epochs >= 0, fawa_steps >= 1")
+    if me.name.startswith("cfa") or me.name.endswith("cfa"):
+        if c.fawa and t.holdout_per_class <= 0:
+            raise FastadvError("cfa.fawa=true needs a held-out split: set train.holdout_per_class (CFA uses 0.02)")
+    if me.name in ("adv-plus", "adv-plus-cfa"):
         if m.num_aux < 1:
-            raise FastadvError("method.name=adv-plus needs model.num_aux >= 1 (the extra 'adv' label)")
+            raise FastadvError(f"method.name={me.name} needs model.num_aux >= 1 (the extra 'adv' label)")
         if not 0 <= me.op_index < m.num_aux:
             raise FastadvError(f"method.op_index={me.op_index} must be in [0, model.num_aux={m.num_aux})")
     if m.num_classes < 2:
@@ -325,6 +363,9 @@ def validate(cfg: Config) -> None:
         raise FastadvError(f"data.workers={d.workers} must be >= 0")
     if not 0 < d.min_scale <= 1:
         raise FastadvError(f"data.min_scale={d.min_scale:g} must be in (0, 1]")
+    _choice("data.dali_device", d.dali_device, DALI_DEVICES)
+    if d.timeout <= 0:
+        raise FastadvError(f"data.timeout={d.timeout:g} must be > 0 (seconds)")
     if o.lr <= 0:
         raise FastadvError(f"optim.lr={o.lr:g} must be > 0")
     if not 0 < o.min_lr_ratio <= 1:

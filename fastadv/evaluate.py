@@ -1,13 +1,16 @@
-"""Evaluate a checkpoint: clean and PGD-40 predictions per validation image, saved as CSV.
+"""Evaluate a checkpoint: clean, PGD-40 and ImageNet-C predictions per image, saved as CSV.
 
 Label-augmented models (M > 0) get two PGD settings: the adaptive attack on the K-class
 head ("pgd40") and the paper-faithful attack on all K+M logits ("pgd40-kplusm"), because
 the latter can raise its loss through an auxiliary logit without changing the K-class
-prediction and so overstates robustness (REFERENCE.md §3).
+prediction and so overstates robustness (REFERENCE.md §3). ImageNet-C (released folders or
+generated, eval.imagenet_c) writes one CSV per corruption and severity. ReaL and ImageNet-X
+need no model: the metrics re-score the clean predictions (fastadv.scoring).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -21,10 +24,13 @@ from fastadv.attacks import PGD
 from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
 from fastadv.config import apply_override, from_dict, validate
 from fastadv.data import build_dataset, build_loader
+from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
 from fastadv.errors import FastadvError
+from fastadv.imagenet_c import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
 from fastadv.predictions import write_predictions
-from fastadv.train import amp_dtype, autocast, prepare_model, resolve_device, to_device
+from fastadv.scoring import IMAGENET_C_SKIPPED
+from fastadv.runtime import amp_dtype, autocast, prepare_model, resolve_device, to_device
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,9 @@ class Setting:
 
     def info(self) -> dict[str, Any]:
         if self.attack is None:
-            return {"title": self.title}
+            return {"title": self.title, "suite": "clean"}
         a = self.attack
-        return {"title": self.title, "eps": a.eps, "eps_255": a.eps * 255, "steps": a.steps,
+        return {"title": self.title, "suite": "pgd", "eps": a.eps, "eps_255": a.eps * 255, "steps": a.steps,
                 "alpha": a.step_size(a.eps), "random_start": a.random_start, "head": a.head}
 
 
@@ -76,7 +82,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     device = resolve_device(cfg.train.device)
     amp = amp_dtype(cfg.train.amp, device)
     model = build_model(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.get("eval_model") or ckpt["model"])  # eval_model: e.g. the FAWA weight average
     model = prepare_model(model, device, cfg.train.channels_last).eval()
     dataset = build_dataset(cfg.data, "val")
     if dataset.num_classes != cfg.model.num_classes:
@@ -92,19 +98,80 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
         "data": {"backend": cfg.data.backend, "path": cfg.data.path, "images": len(dataset)},
         "device": str(device), "settings": {},
     }
+    info["request"] = request_of(cfg)
+    info["real_labels"] = cfg.eval.real_labels or None
+    clean_rows: dict[str, Any] = {}
     for setting in settings_for(cfg):
-        torch.manual_seed(cfg.eval.seed)  # the attack's random start repeats run to run
-        loader = build_loader(cfg.data, "val", batch_size=batch_size, shuffle=False, dataset=dataset, device=device)
-        start = time.perf_counter()
-        rows = _predict(model, loader, setting, cfg, device, amp, progress)
-        seconds = time.perf_counter() - start
-        names = [dataset.file_names[i] for i in rows["index"]]
-        write_predictions(out / "predictions" / f"{setting.key}.csv", names, rows["pred"], rows["prob"], rows["true"])
-        info["settings"][setting.key] = {**setting.info(), "images": len(names), "seconds": seconds,
-                                         "images_per_sec": len(names) / max(seconds, 1e-9),
-                                         "skipped_images": rows["skipped"]}
+        rows = _run_setting(model, dataset, cfg.data, setting, setting.info(), cfg, device, amp, batch_size,
+                            out, info, progress)
+        if setting.key == "clean":
+            clean_rows = rows
+    info["suites"] = {"imagenet_c": _imagenet_c(model, dataset, clean_rows, cfg, device, amp, batch_size,
+                                                out, info, progress)}
     (out / "eval.json").write_text(json.dumps(info, indent=2))
     return out
+
+
+def request_of(cfg) -> dict[str, Any]:
+    """What was asked of this evaluation beyond the checkpoint (`eval --skip-existing` compares it)."""
+    e = cfg.eval
+    return {"data_path": cfg.data.path, "imagenet_c": e.imagenet_c, "corruptions": e.corruptions,
+            "severities": e.severities, "real_labels": e.real_labels, "eps": e.eps, "steps": e.steps}
+
+
+def _run_setting(model, dataset, data_cfg, setting: Setting, meta: dict[str, Any], cfg, device, amp,
+                 batch_size: int, out: Path, info: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Predict one setting over `dataset`, write predictions/<key>.csv and its eval.json entry."""
+    torch.manual_seed(cfg.eval.seed)  # the attack's random start repeats run to run
+    loader = build_loader(data_cfg, "val", batch_size=batch_size, shuffle=False, dataset=dataset, device=device)
+    start = time.perf_counter()
+    rows = _predict(model, loader, setting, cfg, device, amp, progress)
+    seconds = time.perf_counter() - start
+    names = [dataset.file_names[i] for i in rows["index"]]
+    write_predictions(out / "predictions" / f"{setting.key}.csv", names, rows["pred"], rows["prob"], rows["true"])
+    info["settings"][setting.key] = {**meta, "images": len(names), "seconds": seconds,
+                                     "images_per_sec": len(names) / max(seconds, 1e-9),
+                                     "skipped_images": rows["skipped"]}
+    return rows
+
+
+def _imagenet_c(model, dataset, clean_rows: dict[str, Any], cfg, device, amp, batch_size: int, out: Path,
+                info: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """ImageNet-C settings "imagenet-c/<corruption>/<severity>" on the images the clean pass scored."""
+    spec = cfg.eval.imagenet_c.strip()
+    if not spec:
+        return {"status": "skipped", "reason": IMAGENET_C_SKIPPED}
+    corruptions, severities = parse_corruptions(cfg.eval.corruptions), parse_severities(cfg.eval.severities)
+    keep = {dataset.file_names[i]: dataset.classes[dataset.labels[i]] for i in clean_rows["index"]}
+    if spec == "generate":
+        if not hasattr(dataset, "paths"):
+            raise FastadvError("eval.imagenet_c=generate corrupts the validation images on disk: it needs "
+                               f"ImageNet-style class folders (data.backend=folder), not data.backend={cfg.data.backend}")
+        val_root = Path(dataset.root)
+        root = Path(cfg.eval.imagenet_c_cache).expanduser() if cfg.eval.imagenet_c_cache else default_cache(
+            val_root, cfg.eval.seed, cfg.data.image_size, cfg.data.val_resize)
+        chosen = [i for i, n in enumerate(dataset.file_names) if n in keep]
+        failed = generate_imagenet_c(
+            [dataset.paths[i] for i in chosen], [dataset.labels[i] for i in chosen], dataset.classes,
+            [dataset.file_names[i] for i in chosen], root, corruptions, severities, cfg.eval.seed,
+            cfg.data.image_size, cfg.data.val_resize, val_root, workers=cfg.data.workers, progress=progress)
+        for name in failed:
+            keep.pop(name, None)
+        source = {"source": "generated", "path": str(root), "seed": cfg.eval.seed, "jpeg_quality": 85}
+    else:
+        root = Path(spec).expanduser()
+        source = {"source": "released", "path": str(root)}
+    check_imagenet_c_root(root, corruptions, severities)
+    folder_cfg = dataclasses.replace(cfg.data, backend="folder")
+    for c in corruptions:
+        for s in severities:
+            ds = ImageNetCDataset(root, c, s, dataset.classes, cfg.data.image_size, keep)
+            setting = Setting(f"imagenet-c/{c}/{s}", f"ImageNet-C {c} severity {s}")
+            meta = {"title": setting.title, "suite": "imagenet-c", "corruption": c, "severity": s}
+            rows = _run_setting(model, ds, folder_cfg, setting, meta, cfg, device, amp, batch_size, out, info, progress)
+            ds.check_sizes(sorted(set(range(len(ds))) - set(rows["index"])))
+    return {"status": "done", **source, "corruptions": corruptions, "severities": severities,
+            "images": len(keep)}
 
 
 def _predict(model, loader, setting: Setting, cfg, device, amp, progress: bool) -> dict[str, Any]:

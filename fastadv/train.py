@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,28 +21,11 @@ from tqdm import tqdm
 from fastadv.checkpoint import CHECKPOINT_NAME, check_compatible, fingerprint, load_checkpoint, save_checkpoint
 from fastadv.config import Config, to_toml
 from fastadv.data import build_dataset, build_loader
+from fastadv.data.subset import IndexSubset, stratified_holdout
 from fastadv.errors import FastadvError, NonFiniteLossError
-from fastadv.methods import build_method
-from fastadv.models import RobustClassifier, build_model, predict_k
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FastadvError(f"train.device={name!r} but no CUDA GPU is visible; use train.device=cpu")
-    return torch.device(name)
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """auto = bf16 on CUDA, full precision on the CPU."""
-    if mode == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+from fastadv.methods import EpochContext, build_method
+from fastadv.models import build_model, predict_k
+from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, resolve_device, to_device
 
 
 def cosine_lr(step: int, total_steps: int, base_lr: float, min_ratio: float, warmup_steps: int = 0) -> float:
@@ -54,16 +36,6 @@ def cosine_lr(step: int, total_steps: int, base_lr: float, min_ratio: float, war
     progress = min(1.0, (step - warmup_steps) / span)
     floor = base_lr * min_ratio
     return floor + 0.5 * (base_lr - floor) * (1 + math.cos(math.pi * progress))
-
-
-def compile_enabled(setting: str, device: torch.device) -> bool:
-    """train.compile: auto = on for CUDA (the fast path), off on the CPU (compiling costs minutes there)."""
-    return setting == "true" or (setting == "auto" and device.type == "cuda")
-
-
-def maybe_compile(model: torch.nn.Module, setting: str, mode: str, device: torch.device) -> torch.nn.Module:
-    """The compiled wrapper (sharing parameters with `model`) or `model` itself."""
-    return torch.compile(model, mode=mode) if compile_enabled(setting, device) else model
 
 
 def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -83,16 +55,6 @@ def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scaler.step(optimizer)
     scaler.update()
     return loss, stats
-
-
-def prepare_model(model: RobustClassifier, device: torch.device, channels_last: bool) -> RobustClassifier:
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def rng_state() -> dict[str, Any]:
@@ -143,6 +105,12 @@ class Trainer:
                 f"the training data has {self.train_set.num_classes} classes but model.num_classes="
                 f"{cfg.model.num_classes}; set model.num_classes={self.train_set.num_classes}"
             )
+        self.holdout_set = None
+        if cfg.train.holdout_per_class > 0:
+            keep, held = stratified_holdout(self.train_set.labels, cfg.train.holdout_per_class, cfg.train.seed)
+            # The held-out images are read without augmentation (the split's val transform).
+            self.holdout_set = IndexSubset(build_dataset(cfg.data, "train", augment=False), held)
+            self.train_set = IndexSubset(self.train_set, keep)
         self.model = prepare_model(build_model(cfg.model), self.device, cfg.train.channels_last)
         self.run_model = maybe_compile(self.model, cfg.train.compile, cfg.train.compile_mode, self.device)
         o = cfg.optim
@@ -168,7 +136,11 @@ class Trainer:
         return self.out_dir / CHECKPOINT_NAME
 
     def save(self) -> None:
+        method_state = self.method.state_dict() if hasattr(self.method, "state_dict") else None
+        eval_weights = self.method.eval_weights() if hasattr(self.method, "eval_weights") else None
         save_checkpoint(self.checkpoint_path, {
+            "method": method_state,
+            "eval_model": eval_weights,
             "config": self.cfg.to_dict(),
             "fingerprint": fingerprint(self.cfg),
             "model": self.model.state_dict(),
@@ -185,6 +157,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.progress = Progress(**ckpt["progress"])
+        if ckpt.get("method") is not None and hasattr(self.method, "load_state_dict"):
+            self.method.load_state_dict(ckpt["method"])
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------ the loop
@@ -207,6 +181,7 @@ class Trainer:
                         break
                 else:
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                    self._method_epoch_end()
                     self.save()
                     self.log.write({"event": "epoch_end", "epoch": p.epoch, "step": p.step,
                                     "skipped_images": p.skipped_images})
@@ -214,6 +189,23 @@ class Trainer:
             bar.close()
         self.log.write({"event": "done", "epoch": p.epoch, "step": p.step, "skipped_images": p.skipped_images})
         return self.checkpoint_path
+
+    def _method_epoch_end(self) -> None:
+        """The method's optional epoch-end hook (e.g. CFA's calibration and FAWA); its record is logged."""
+        hook = getattr(self.method, "on_epoch_end", None)
+        if hook is None:
+            return
+        holdout = self._holdout_batches if self.holdout_set is not None else None
+        ctx = EpochContext(epoch=self.progress.epoch, model=self.model, run_model=self.run_model, device=self.device,
+                           amp=self.amp, holdout=holdout, all_reduce=lambda t: t)
+        record = hook(ctx)
+        self.model.train()
+        if record:
+            self.log.write({"event": "method_epoch_end", "epoch": self.progress.epoch, **record})
+
+    def _holdout_batches(self):
+        return build_loader(self.cfg.data, "val", batch_size=self.cfg.data.eval_batch_size, shuffle=False,
+                            dataset=self.holdout_set, device=self.device)
 
     def _reached_max_steps(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.progress.step >= self.cfg.train.max_steps
@@ -257,7 +249,7 @@ class Trainer:
         record = {
             "event": "train", "step": p.step, "epoch": p.epoch + p.batch_in_epoch / self.steps_per_epoch,
             "loss": loss.item(), "clean_acc": clean_acc.item(),
-            **{k: v.item() for k, v in stats.items()},
+            **{k: v.item() for k, v in stats.items() if v.numel() == 1},
             "lr": lr, "images_per_sec": window["images"] / max(elapsed, 1e-9),
             "skipped_images": window["skipped"],
         }

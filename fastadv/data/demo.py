@@ -78,7 +78,8 @@ class DigitsDataset(torch.utils.data.Dataset):
         return image.clone(), self.labels[index], index
 
 
-def build_demo_dataset(cfg: DataConfig, split: str) -> DigitsDataset:
-    if split == "train":
-        return DigitsDataset(cfg.image_size, "train", augment=True, limit=cfg.limit_train)
-    return DigitsDataset(cfg.image_size, "val", augment=False, limit=cfg.limit_val)
+def build_demo_dataset(cfg: DataConfig, split: str, augment: bool | None = None) -> DigitsDataset:
+    """augment: random translation (default for "train") or none."""
+    augment = split == "train" if augment is None else augment
+    limit = cfg.limit_train if split == "train" else cfg.limit_val
+    return DigitsDataset(cfg.image_size, split, augment=augment, limit=limit)

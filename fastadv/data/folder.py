@@ -156,8 +156,9 @@ class FolderDataset(torch.utils.data.Dataset):
         return tensor, self.labels[index], index
 
 
-def build_folder_dataset(cfg: DataConfig, split: str) -> FolderDataset:
+def build_folder_dataset(cfg: DataConfig, split: str, augment: bool | None = None) -> FolderDataset:
+    """augment: train transform (default for "train") or the deterministic val transform."""
     root = split_root(cfg, split)
-    if split == "train":
-        return FolderDataset(root, train_transform(cfg), cfg.limit_train)
-    return FolderDataset(root, val_transform(cfg), cfg.limit_val)
+    augment = split == "train" if augment is None else augment
+    limit = cfg.limit_train if split == "train" else cfg.limit_val
+    return FolderDataset(root, train_transform(cfg) if augment else val_transform(cfg), limit)

@@ -169,20 +169,60 @@ class Loader:
             yield batch if self.device is None else batch.to(self.device, non_blocking=True)
 
 
-def build_dataset(cfg: DataConfig, split: str):
-    """The dataset of `split` ("train": augmented, "val": deterministic) for cfg.backend."""
+def resolve_backend(cfg: DataConfig) -> str:
+    """data.backend with "auto" resolved: dali when a CUDA GPU is visible and DALI imports, else folder."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    if torch.cuda.is_available():
+        from fastadv.data.dali import dali_available
+
+        if dali_available():
+            return "dali"
+    return "folder"
+
+
+def unwrap_subset(dataset) -> tuple[object, list[int] | None]:
+    """(base dataset, base index of every item) through IndexSubset-style wrappers (.dataset + .indices)."""
+    positions = None
+    while hasattr(dataset, "dataset") and hasattr(dataset, "indices"):
+        inner = list(dataset.indices)
+        positions = inner if positions is None else [inner[i] for i in positions]
+        dataset = dataset.dataset
+    return dataset, positions
+
+
+def build_dataset(cfg: DataConfig, split: str, augment: bool | None = None):
+    """The dataset of `split` for cfg.backend; augment defaults to split == "train".
+
+    folder / dali: the class-folder scan (dali decodes the same files); ffcv: the .beton and
+    its metadata; demo: the embedded digits. All have classes, labels, file_names, len(), and
+    `augment` (train geometry or the deterministic val geometry) for the loader.
+    """
     if split not in SPLITS:
         raise FastadvError(f"split {split!r} is not one of: {', '.join(SPLITS)}")
-    # Imported here: folder and demo import helpers from this module.
-    if cfg.backend == "folder":
+    backend = resolve_backend(cfg)
+    augment = split == "train" if augment is None else augment
+    # Imported here: the backends import helpers from this module.
+    if backend in ("folder", "dali"):
+        if backend == "dali":
+            from fastadv.data.dali import require_dali
+
+            require_dali()
         from fastadv.data.folder import build_folder_dataset
 
-        return build_folder_dataset(cfg, split)
-    if cfg.backend == "demo":
+        dataset = build_folder_dataset(cfg, split, augment)
+    elif backend == "ffcv":
+        from fastadv.data.ffcv_backend import build_ffcv_dataset
+
+        dataset = build_ffcv_dataset(cfg, split)
+    elif backend == "demo":
         from fastadv.data.demo import build_demo_dataset
 
-        return build_demo_dataset(cfg, split)
-    raise FastadvError(f"data.backend={cfg.backend!r} is not one of: folder, demo")
+        dataset = build_demo_dataset(cfg, split, augment)
+    else:
+        raise FastadvError(f"data.backend={cfg.backend!r} is not one of: auto, dali, ffcv, folder, demo")
+    dataset.augment = augment
+    return dataset
 
 
 def build_loader(
@@ -199,12 +239,27 @@ def build_loader(
     world_size: int = 1,
     dataset=None,
     device: torch.device | None = None,
-) -> Loader:
-    """One epoch of `split` for one rank, starting at batch `start_batch` (exact resume)."""
+):
+    """One epoch of `split` for one rank, starting at batch `start_batch` (exact resume).
+
+    Yields Batch; len() = number of batches. dali / ffcv batches are already on `device`,
+    channels_last, and augmented as the dataset's `augment` says (default: split == "train").
+    """
     if batch_size < 1:
         raise FastadvError(f"batch_size={batch_size} must be >= 1")
     if dataset is None:
         dataset = build_dataset(cfg, split)
+    backend = resolve_backend(cfg)
+    if backend in ("dali", "ffcv"):
+        kw = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, epoch=epoch, start_batch=start_batch,
+                  drop_last=drop_last, rank=rank, world_size=world_size, device=device)
+        if backend == "dali":
+            from fastadv.data.dali import build_dali_loader
+
+            return build_dali_loader(cfg, split, dataset, **kw)
+        from fastadv.data.ffcv_backend import build_ffcv_loader
+
+        return build_ffcv_loader(cfg, split, dataset, **kw)
     sampler = EpochSampler(
         len(dataset),
         shuffle=shuffle,
@@ -215,7 +270,7 @@ def build_loader(
         drop_last=drop_last,
         skip=start_batch * batch_size,
     )
-    workers = 0 if cfg.backend == "demo" else cfg.workers  # demo is in memory
+    workers = 0 if backend == "demo" else cfg.workers  # demo is in memory
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -6,24 +6,25 @@ line in METHODS.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
-
-import torch
-from torch import nn
+from typing import Callable
 
 from fastadv.config import Config
 from fastadv.methods.adversarial import AdversarialTraining
+from fastadv.methods.base import EpochContext, Method
+from fastadv.methods.cfa import ClassWiseCalibration
 from fastadv.methods.standard import StandardTraining
+from fastadv.methods.trades import Trades
 
-
-class Method(Protocol):
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
-
+__all__ = ["METHODS", "EpochContext", "Method", "build_method"]
 
 METHODS: dict[str, Callable[[Config], Method]] = {
     "std": StandardTraining.from_config,
     "adv": AdversarialTraining.from_config,
     "adv-plus": AdversarialTraining.from_config,
+    "trades": Trades.from_config,
+    "cfa-at": ClassWiseCalibration.from_config,
+    "cfa-trades": ClassWiseCalibration.from_config,
+    "adv-plus-cfa": ClassWiseCalibration.from_config,
 }
 
 

@@ -29,9 +29,9 @@ class AdversarialTraining:
         a = cfg.attack
         attack = PGD(
             eps=a.eps, steps=a.steps, alpha=a.alpha, random_start=a.random_start,
-            num_classes=cfg.model.num_classes, head=a.head,
+            num_classes=cfg.model.num_classes, head=a.head, temperature=a.temperature,
         )
-        label_augmented = cfg.method.name == "adv-plus"
+        label_augmented = cfg.method.name in ("adv-plus", "adv-plus-cfa")
         return cls(
             attack=attack,
             num_classes=cfg.model.num_classes,
@@ -49,9 +49,19 @@ class AdversarialTraining:
         return (torch.cat([x[:n_clean], x_adv]) if n_clean else x_adv), ops
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x_train, ops = self.inputs(model, x, y)
+        return self.compute(model, x, y)
+
+    def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss with an optional per-sample eps [B] (class-wise calibration, CFA).
+
+        stats["adv_correct"] is per sample (bool, NaN-free), for class-wise bookkeeping;
+        samples trained clean count as not adversarial there (False in stats["adversarial"]).
+        """
+        x_train, ops = self.inputs(model, x, y, eps)
         logits = model(x_train)
         loss = kernels.label_augmented_ce(logits, y, self.num_classes, op_index=ops if self.delta else None, delta=self.delta)
         correct = predict_k(logits.detach(), self.num_classes) == y
         adversarial = ops >= 0
-        return loss, {"train_acc": correct.float().mean(), "adv_acc": correct[adversarial].float().mean()}
+        return loss, {"train_acc": correct.float().mean(), "adv_acc": correct[adversarial].float().mean(),
+                      "adv_correct": correct, "adversarial": adversarial}

@@ -1,0 +1,177 @@
+"""CFA (Wei et al., CVPR 2023): class-wise calibrated fair adversarial training (REFERENCE.md §7).
+
+Wraps an inner method (PGD-AT, TRADES, or Adv+) and adds:
+- CCM: eps_k = (lambda1 + t_k) * eps, with t_k class k's robust accuracy on the training
+  adversarial examples of the previous epoch; each sample is attacked with its class's eps.
+- CCR (TRADES only): beta_k = (lambda2 + t_k) * beta; per-sample loss / (1 + beta_y).
+- FAWA: after each epoch, theta_bar = decay * theta_bar + (1 - decay) * theta, but only when
+  the worst-class PGD accuracy on a held-out split (2% per class) reaches a threshold
+  (fawa_gate = false: a plain per-epoch EMA). The average is what gets evaluated.
+Calibration and averaging start after `warmup_epochs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastadv.attacks import PGD
+from fastadv.config import Config
+from fastadv.methods.adversarial import AdversarialTraining
+from fastadv.methods.base import EpochContext
+from fastadv.methods.trades import Trades
+from fastadv.models import predict_k
+from fastadv.runtime import autocast
+
+
+def calibrated_eps(t: torch.Tensor, eps: float, lambda1: float) -> torch.Tensor:
+    """CCM: eps_k = (lambda1 + t_k) * eps, capped at 1 (the whole pixel range)."""
+    return ((lambda1 + t) * eps).clamp(max=1.0)
+
+
+def calibrated_beta(t: torch.Tensor, beta: float, lambda2: float) -> torch.Tensor:
+    """CCR: beta_k = (lambda2 + t_k) * beta."""
+    return (lambda2 + t) * beta
+
+
+def fawa_update(average: dict[str, torch.Tensor] | None, weights: dict[str, torch.Tensor],
+                decay: float) -> dict[str, torch.Tensor]:
+    """theta_bar <- decay * theta_bar + (1 - decay) * theta (the first update copies theta).
+
+    Floating tensors (parameters and BatchNorm statistics) are averaged; integer buffers
+    (BatchNorm's batch counter) take the current value.
+    """
+    if average is None:
+        return {k: v.detach().clone() for k, v in weights.items()}
+    out = {}
+    for k, v in weights.items():
+        v = v.detach()
+        out[k] = average[k] * decay + v * (1 - decay) if v.is_floating_point() else v.clone()
+    return out
+
+
+def classwise_accuracy(model: nn.Module, batches, attack: PGD | None, num_classes: int, device: torch.device,
+                       amp, all_reduce) -> torch.Tensor:
+    """Per-class accuracy (clean if attack is None) over `batches`, summed across ranks."""
+    correct = torch.zeros(num_classes, device=device)
+    total = torch.zeros(num_classes, device=device)
+    for batch in batches:
+        if len(batch.labels) == 0:
+            continue
+        x, y = batch.images.to(device), batch.labels.to(device)
+        with autocast(device, amp):
+            if attack is not None:
+                x = attack(model, x, y)
+            with torch.no_grad():
+                hit = (predict_k(model(x), num_classes) == y).float()
+        correct += torch.bincount(y, weights=hit, minlength=num_classes)
+        total += torch.bincount(y, minlength=num_classes).float()
+    correct, total = all_reduce(correct), all_reduce(total)
+    return torch.where(total > 0, correct / total.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+@dataclass
+class ClassWiseCalibration:
+    inner: AdversarialTraining | Trades
+    num_classes: int
+    eps: float
+    beta: float = 6.0
+    ccm: bool = True
+    ccr: bool = True
+    fawa: bool = True
+    lambda1: float = 0.5
+    lambda2: float = 0.5
+    warmup_epochs: int = 1
+    fawa_threshold: float = 0.2
+    fawa_decay: float = 0.85
+    fawa_gate: bool = True
+    fawa_steps: int = 10
+    # state (checkpointed)
+    epochs_done: int = 0
+    t: torch.Tensor | None = None  # last epoch's class-wise robust training accuracy
+    correct: torch.Tensor | None = None  # this epoch's running counts
+    total: torch.Tensor | None = None
+    average: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "ClassWiseCalibration":
+        name, c = cfg.method.name, cfg.cfa
+        inner = Trades.from_config(cfg) if name == "cfa-trades" else AdversarialTraining.from_config(cfg)
+        return cls(inner=inner, num_classes=cfg.model.num_classes, eps=cfg.attack.eps, beta=cfg.method.beta,
+                   ccm=c.ccm, ccr=c.ccr and isinstance(inner, Trades), fawa=c.fawa, lambda1=c.lambda1,
+                   lambda2=c.lambda2, warmup_epochs=c.warmup_epochs, fawa_threshold=c.fawa_threshold,
+                   fawa_decay=c.fawa_decay, fawa_gate=c.fawa_gate, fawa_steps=c.fawa_steps)
+
+    @property
+    def calibrating(self) -> bool:
+        return self.epochs_done >= self.warmup_epochs and self.t is not None
+
+    def class_eps(self) -> torch.Tensor | None:
+        return calibrated_eps(self.t, self.eps, self.lambda1) if self.ccm and self.calibrating else None
+
+    def class_beta(self) -> torch.Tensor | None:
+        return calibrated_beta(self.t, self.beta, self.lambda2) if self.ccr and self.calibrating else None
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        eps_k = self.class_eps()
+        eps = None if eps_k is None else eps_k.to(x.device)[y]
+        if isinstance(self.inner, Trades):
+            beta_k = self.class_beta()
+            loss, stats = self.inner.compute(model, x, y, eps=eps, beta=None if beta_k is None else beta_k.to(x.device)[y])
+        else:
+            loss, stats = self.inner.compute(model, x, y, eps=eps)
+        self._count(y, stats["adv_correct"], stats["adversarial"])
+        return loss, stats
+
+    def _count(self, y: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) -> None:
+        if self.correct is None or self.correct.device != y.device:
+            self.correct = torch.zeros(self.num_classes, device=y.device)
+            self.total = torch.zeros(self.num_classes, device=y.device)
+        y = y[mask]
+        self.correct += torch.bincount(y, weights=correct[mask].float(), minlength=self.num_classes)
+        self.total += torch.bincount(y, minlength=self.num_classes).float()
+
+    def on_epoch_end(self, ctx: EpochContext) -> dict[str, Any]:
+        """t_k from this epoch's counts; FAWA gate and update. Returns what the Trainer logs."""
+        record: dict[str, Any] = {}
+        if self.total is not None:
+            correct, total = ctx.all_reduce(self.correct), ctx.all_reduce(self.total)
+            self.t = torch.where(total > 0, correct / total.clamp(min=1), torch.zeros_like(total)).cpu()
+            record["train_robust_acc_per_class"] = self.t.tolist()
+        self.correct = self.total = None
+        self.epochs_done = ctx.epoch
+        if self.class_eps() is not None:
+            record["eps_per_class"] = self.class_eps().tolist()
+        if self.class_beta() is not None:
+            record["beta_per_class"] = self.class_beta().tolist()
+        if self.fawa and ctx.holdout is not None:
+            record.update(self._fawa(ctx))
+        return record
+
+    def _fawa(self, ctx: EpochContext) -> dict[str, Any]:
+        attack = PGD(eps=self.eps, steps=self.fawa_steps, num_classes=self.num_classes, head="k")
+        clean = classwise_accuracy(ctx.run_model, ctx.holdout(), None, self.num_classes, ctx.device, ctx.amp, ctx.all_reduce)
+        robust = classwise_accuracy(ctx.run_model, ctx.holdout(), attack, self.num_classes, ctx.device, ctx.amp,
+                                    ctx.all_reduce)
+        worst = float(torch.nan_to_num(robust, nan=1.0).min())
+        passed = (not self.fawa_gate) or worst >= self.fawa_threshold
+        update = passed and ctx.epoch >= self.warmup_epochs
+        if update:
+            self.average = fawa_update(self.average, ctx.model.state_dict(), self.fawa_decay)
+        return {"holdout_clean_acc_per_class": clean.tolist(), "holdout_robust_acc_per_class": robust.tolist(),
+                "holdout_worst_class_robust_acc": worst, "fawa_updated": update}
+
+    def eval_weights(self) -> dict[str, torch.Tensor] | None:
+        """The FAWA average once it exists: the weights evaluation should use."""
+        return self.average
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs_done": self.epochs_done, "t": self.t, "correct": self.correct, "total": self.total,
+                "average": self.average}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs_done, self.t = state["epochs_done"], state["t"]
+        self.correct, self.total, self.average = state["correct"], state["total"], state["average"]

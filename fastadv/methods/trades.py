@@ -1,0 +1,65 @@
+"""TRADES (Zhang et al. 2019): CE on clean images + beta * KL(f(x) || f(x')).
+
+With per-sample betas (CFA's CCR) the per-sample loss is normalized:
+[CE(f(x), y) + beta_y KL(f(x) || f(x'))] / (1 + beta_y)   (REFERENCE.md §7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastadv.attacks import trades_kl_attack
+from fastadv.config import Config
+from fastadv.models import predict_k
+
+
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, num_classes: int,
+                beta: float | torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """Mean over the batch of CE(clean) + beta * KL(softmax(clean) || softmax(adv)), over K logits."""
+    clean = logits_clean[:, :num_classes].float()
+    adv = logits_adv[:, :num_classes].float()
+    ce = F.cross_entropy(clean, y, reduction="none")
+    log_p_clean = F.log_softmax(clean, dim=1)
+    kl = (log_p_clean.exp() * (log_p_clean - F.log_softmax(adv, dim=1))).sum(dim=1)
+    per_sample = ce + beta * kl
+    if normalize:
+        per_sample = per_sample / (1 + beta)
+    return per_sample.mean()
+
+
+@dataclass
+class Trades:
+    eps: float
+    steps: int
+    num_classes: int
+    beta: float = 6.0
+    alpha: float = 0.0  # 0 = alpha_ratio * eps (per sample when eps is per sample)
+    alpha_ratio: float = 0.25
+    init_std: float = 0.001
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Trades":
+        a, m = cfg.attack, cfg.method
+        return cls(eps=a.eps, steps=a.steps, num_classes=cfg.model.num_classes, beta=m.beta, alpha=a.alpha,
+                   init_std=m.trades_init_std)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.compute(model, x, y)
+
+    def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None = None,
+                beta: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-sample eps [B] (CCM) and per-sample beta [B] (CCR: also normalizes by 1 + beta_y)."""
+        eps_used = self.eps if eps is None else eps
+        alpha = self.alpha if self.alpha > 0 else eps_used * self.alpha_ratio
+        x_adv = trades_kl_attack(model, x, eps=eps_used, alpha=alpha, steps=self.steps,
+                                 num_classes=self.num_classes, init_std=self.init_std)
+        clean, adv = model(x), model(x_adv)  # two passes, as TRADES' code: BatchNorm sees each batch alone
+        loss = trades_loss(clean, adv, y, self.num_classes, self.beta if beta is None else beta, normalize=beta is not None)
+        correct_clean = predict_k(clean.detach(), self.num_classes) == y
+        correct_adv = predict_k(adv.detach(), self.num_classes) == y
+        return loss, {"train_acc": correct_clean.float().mean(), "adv_acc": correct_adv.float().mean(),
+                      "adv_correct": correct_adv, "adversarial": torch.ones_like(correct_adv)}

@@ -1,0 +1,49 @@
+"""Device, precision and compilation choices shared by training, evaluation and benchmarks."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from fastadv.errors import FastadvError
+from fastadv.models import RobustClassifier
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FastadvError(f"train.device={name!r} but no CUDA GPU is visible; use train.device=cpu")
+    return torch.device(name)
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """auto = bf16 on CUDA, full precision on the CPU."""
+    if mode == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def compile_enabled(setting: str, device: torch.device) -> bool:
+    """train.compile: auto = on for CUDA (the fast path), off on the CPU (compiling costs minutes there)."""
+    return setting == "true" or (setting == "auto" and device.type == "cuda")
+
+
+def maybe_compile(model: torch.nn.Module, setting: str, mode: str, device: torch.device) -> torch.nn.Module:
+    """The compiled wrapper (sharing parameters with `model`) or `model` itself."""
+    return torch.compile(model, mode=mode) if compile_enabled(setting, device) else model
+
+
+def prepare_model(model: RobustClassifier, device: torch.device, channels_last: bool) -> RobustClassifier:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
