@@ -116,6 +116,11 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = all epochs)
     progress: bool = True
     holdout_per_class: float = 0.0  # fraction of each class held out of training as a validation split (FAWA)
+    # Under torchrun (see README, Multi-GPU): data.batch_size is per process, global batch = batch_size x world size.
+    lr_scaling: str = "none"  # none | linear (optim.lr x world size) | sqrt (optim.lr x sqrt(world size))
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)
+    dist_timeout_s: float = 1800.0  # a collective waiting longer (a rank died or hangs) stops every rank with an error
+    auto_resume: bool = False  # resume from out_dir's checkpoint when there is one (torchrun restarts always do)
 
 
 @dataclass
@@ -133,6 +138,7 @@ class EvalConfig:
     corruptions: str = "common"  # common (the 15 of mCE) | all (+ the 4 extra) | comma-separated names
     severities: str = "1,2,3,4,5"
     real_labels: str = ""  # ReaL label lists ("" = real.json shipped inside the imagenet-x package)
+    temperatures: str = ""  # Temperature-PGD settings, e.g. "0.5,2" (K-class head, same eps/steps as PGD)
 
 
 @dataclass
@@ -159,6 +165,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_CHOICES = ("auto", "true", "false")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ATTACK_HEADS = ("all", "k")
+LR_SCALING = ("none", "linear", "sqrt")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -303,6 +310,17 @@ def check_eps(key: str, eps: float) -> None:
         raise FastadvError(f"{key}={eps:g} must be in (0, 1], e.g. 0.03 or 4/255")
 
 
+def parse_temperatures(text: str) -> list[float]:
+    """eval.temperatures: comma-separated positive numbers ("" = none)."""
+    try:
+        values = [float(Fraction(t.strip())) for t in text.split(",") if t.strip()]
+    except (ValueError, ZeroDivisionError):
+        values = [-1.0]
+    if any(v <= 0 for v in values):
+        raise FastadvError(f"eval.temperatures={text!r} must be comma-separated numbers > 0, e.g. 0.5,2")
+    return values
+
+
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise FastadvError(f"{key}={value!r} is not one of: {', '.join(options)}")
@@ -320,6 +338,7 @@ def validate(cfg: Config) -> None:
     if me.name != "std":
         check_eps("attack.eps", a.eps)
     check_eps("eval.eps", e.eps)
+    parse_temperatures(e.temperatures)
     for key, steps in (("attack.steps", a.steps), ("eval.steps", e.steps)):
         if steps < 1:
             raise FastadvError(f"{key}={steps} must be >= 1")
@@ -372,6 +391,9 @@ def validate(cfg: Config) -> None:
         raise FastadvError(f"optim.min_lr_ratio={o.min_lr_ratio:g} must be in (0, 1]")
     if t.checkpoint_every < 0 or t.log_every < 1 or t.max_steps < 0:
         raise FastadvError("train.checkpoint_every and train.max_steps must be >= 0, train.log_every >= 1")
+    _choice("train.lr_scaling", t.lr_scaling, LR_SCALING)
+    if t.dist_timeout_s <= 0:
+        raise FastadvError(f"train.dist_timeout_s={t.dist_timeout_s:g} must be > 0 (seconds)")
 
 
 def to_toml(cfg: Config) -> str:

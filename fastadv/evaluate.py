@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from fastadv.attacks import PGD
 from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
-from fastadv.config import apply_override, from_dict, validate
+from fastadv.config import apply_override, from_dict, parse_temperatures, validate
 from fastadv.data import build_dataset, build_loader
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
 from fastadv.errors import FastadvError
@@ -30,7 +30,7 @@ from fastadv.imagenet_c import default_cache, generate_imagenet_c, parse_corrupt
 from fastadv.models import build_model, predict_k
 from fastadv.predictions import write_predictions
 from fastadv.scoring import IMAGENET_C_SKIPPED
-from fastadv.runtime import amp_dtype, autocast, prepare_model, resolve_device, to_device
+from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, resolve_device, to_device
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,15 @@ class Setting:
     key: str
     title: str
     attack: PGD | None = None
+    suite: str = "pgd"  # pgd | tpgd (Temperature-PGD)
 
     def info(self) -> dict[str, Any]:
         if self.attack is None:
             return {"title": self.title, "suite": "clean"}
         a = self.attack
-        return {"title": self.title, "suite": "pgd", "eps": a.eps, "eps_255": a.eps * 255, "steps": a.steps,
+        info = {"title": self.title, "suite": self.suite, "eps": a.eps, "eps_255": a.eps * 255, "steps": a.steps,
                 "alpha": a.step_size(a.eps), "random_start": a.random_start, "head": a.head}
+        return info | ({"temperature": a.temperature} if self.suite == "tpgd" else {})
 
 
 def settings_for(cfg) -> list[Setting]:
@@ -52,8 +54,9 @@ def settings_for(cfg) -> list[Setting]:
     alpha = e.alpha if e.alpha > 0 else 2.5 * e.eps / e.steps
     name = f"pgd{e.steps}"
 
-    def pgd(head: str) -> PGD:
-        return PGD(eps=e.eps, steps=e.steps, alpha=alpha, random_start=e.random_start, num_classes=m.num_classes, head=head)
+    def pgd(head: str, temperature: float = 1.0) -> PGD:
+        return PGD(eps=e.eps, steps=e.steps, alpha=alpha, random_start=e.random_start, num_classes=m.num_classes,
+                   head=head, temperature=temperature)
 
     out = [Setting("clean", "clean")]
     if m.num_aux:
@@ -61,6 +64,8 @@ def settings_for(cfg) -> list[Setting]:
         out.append(Setting(f"{name}-kplusm", f"PGD-{e.steps} (all K+M logits, as in the paper)", pgd("all")))
     else:
         out.append(Setting(name, f"PGD-{e.steps}", pgd("k")))
+    for t in parse_temperatures(e.temperatures):
+        out.append(Setting(f"t{name}-T{t:g}", f"Temperature-PGD-{e.steps} (T = {t:g}, K-class head)", pgd("k", t), "tpgd"))
     return out
 
 
@@ -84,6 +89,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     model = build_model(cfg.model)
     model.load_state_dict(ckpt.get("eval_model") or ckpt["model"])  # eval_model: e.g. the FAWA weight average
     model = prepare_model(model, device, cfg.train.channels_last).eval()
+    model = maybe_compile(model, cfg.train.compile, cfg.train.compile_mode, device)  # the fast path on a GPU
     dataset = build_dataset(cfg.data, "val")
     if dataset.num_classes != cfg.model.num_classes:
         raise FastadvError(
@@ -116,7 +122,8 @@ def request_of(cfg) -> dict[str, Any]:
     """What was asked of this evaluation beyond the checkpoint (`eval --skip-existing` compares it)."""
     e = cfg.eval
     return {"data_path": cfg.data.path, "imagenet_c": e.imagenet_c, "corruptions": e.corruptions,
-            "severities": e.severities, "real_labels": e.real_labels, "eps": e.eps, "steps": e.steps}
+            "severities": e.severities, "real_labels": e.real_labels, "eps": e.eps, "steps": e.steps,
+            "temperatures": e.temperatures}
 
 
 def _run_setting(model, dataset, data_cfg, setting: Setting, meta: dict[str, Any], cfg, device, amp,

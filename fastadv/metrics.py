@@ -1,19 +1,20 @@
-"""Error metrics over prediction CSVs: top-1 and class-wise error (REFERENCE.md section 5).
+"""Error metrics, pure functions on predictions (REFERENCE.md section 5): top-1 and class-wise
+error, worst classes, relative changes, ImageNet-C mCE (unnormalized and AlexNet-normalized)
+and ImageNet-ReaL error.
 
 All errors are fractions in [0, 1]; the report turns them into percentages.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fastadv.errors import FastadvError
-from fastadv.predictions import Predictions, read_predictions
+from fastadv.predictions import Predictions
 
 
 def top1_error(pred: np.ndarray, true: np.ndarray) -> float:
@@ -86,74 +87,89 @@ def setting_metrics(preds: Predictions, num_classes: int) -> dict[str, Any]:
     }
 
 
-def _load_eval_json(eval_dir: Path) -> dict[str, Any]:
-    path = eval_dir / "eval.json"
-    if not path.is_file():
-        raise FastadvError(f"{path} not found: pass an eval dir written by the evaluator.")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FastadvError(f"{path} is not valid JSON ({e}); re-run the evaluation.") from e
-    missing = [k for k in ("model", "num_classes", "settings") if k not in info]
-    if missing or not isinstance(info.get("settings"), dict) or not info.get("settings"):
-        raise FastadvError(
-            f"{path} lacks {', '.join(missing) or 'a non-empty settings table'}; re-run the evaluation."
-        )
-    return info
+# ---------------------------------------------------------------- ImageNet-C
+
+# The 15 corruptions of mCE (Hendrycks & Dietterich 2019), in the paper's order.
+CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+    "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+    "jpeg_compression",
+)
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")  # released, not in mCE
+SEVERITIES = (1, 2, 3, 4, 5)
+# AlexNet's mean error over the five severities, keyed by name (never by position).
+ALEXNET_ERRORS = {
+    "gaussian_noise": 0.886428, "shot_noise": 0.894468, "impulse_noise": 0.922640,
+    "defocus_blur": 0.819880, "glass_blur": 0.826268, "motion_blur": 0.785948,
+    "zoom_blur": 0.798360, "snow": 0.866816, "frost": 0.826572, "fog": 0.819324,
+    "brightness": 0.564592, "contrast": 0.853204, "elastic_transform": 0.646056,
+    "pixelate": 0.717840, "jpeg_compression": 0.606500,
+}
 
 
-def _check_same_files(first: Predictions, other: Predictions) -> None:
-    """All settings of one model must score the same images with the same labels."""
-    a, b = set(first.file_names), set(other.file_names)
-    if a != b:
-        only_a, only_b = sorted(a - b), sorted(b - a)
-        raise FastadvError(
-            f"{other.path} covers different images than {first.path}: {len(only_b)} only in the "
-            f"former (e.g. {', '.join(only_b[:3]) or '-'}), {len(only_a)} only in the latter "
-            f"(e.g. {', '.join(only_a[:3]) or '-'}). Re-run the evaluation of all settings together."
-        )
-    if first.true is not None and other.true is not None:
-        label = dict(zip(first.file_names, first.true.tolist()))
-        differ = [n for n, t in zip(other.file_names, other.true.tolist()) if label[n] != t]
-        if differ:
-            raise FastadvError(
-                f"{other.path} and {first.path} disagree on true_class for {len(differ)} image(s) "
-                f"(e.g. {', '.join(differ[:3])}); they must come from the same dataset."
-            )
+def corruption_errors(errors: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
+    """CE and mCE from top-1 errors E[corruption][severity].
 
-
-def model_metrics(eval_dir: str | Path) -> dict[str, Any]:
-    """Metrics of every setting listed in ``<eval_dir>/eval.json``, in its order."""
-    eval_dir = Path(eval_dir)
-    info = _load_eval_json(eval_dir)
-    k = int(info["num_classes"])
-    num_aux = int(info.get("num_aux", 0) or 0)
-    names = [str(c) for c in info.get("class_names") or range(k)]
-    if len(names) != k:
-        raise FastadvError(
-            f"{eval_dir / 'eval.json'}: {len(names)} class_names for num_classes={k}; re-run the evaluation."
-        )
-    settings: dict[str, Any] = {}
-    first: Predictions | None = None
-    for key, setting_info in info["settings"].items():
-        csv_path = eval_dir / "predictions" / f"{key}.csv"
-        if not csv_path.is_file():
-            raise FastadvError(
-                f"{csv_path} not found, but eval.json lists setting {key!r}; re-run the evaluation."
-            )
-        preds = read_predictions(csv_path, k, num_outputs=k + num_aux)
-        if first is None:
-            first = preds
-        else:
-            _check_same_files(first, preds)
-        settings[key] = {**(setting_info or {}), **setting_metrics(preds, k)}
+    CE_c = mean over the severities of E_c,s; ``mce`` = mean of CE_c over the 15 mCE
+    corruptions present (the primary paper's, unnormalized); ``mce_alexnet`` = mean of
+    CE_c / AlexNet_c (the standard mCE). ``complete`` is True only when all 15 corruptions
+    were evaluated at all five severities; otherwise both means cover what was evaluated and
+    the report marks them partial. Extra corruptions get a CE but never enter the mCE.
+    """
+    per: dict[str, Any] = {}
+    for name, by_severity in errors.items():
+        values = [float(v) for v in by_severity.values()]
+        if not values:
+            continue
+        ce = float(np.mean(values))
+        alex = ALEXNET_ERRORS.get(name)
+        per[name] = {"errors": {int(s): float(e) for s, e in sorted(by_severity.items())}, "ce": ce,
+                     "ce_alexnet": ce / alex if alex else None, "in_mce": name in ALEXNET_ERRORS}
+    common = [c for c in CORRUPTIONS if c in per]
+    complete = len(common) == len(CORRUPTIONS) and all(
+        sorted(per[c]["errors"]) == list(SEVERITIES) for c in common)
+    nan = float("nan")
     return {
-        "model": str(info["model"]),
-        "arch": info.get("arch"),
-        "num_classes": k,
-        "num_aux": num_aux,
-        "label_augmented": bool(info.get("label_augmented", num_aux > 0)),
-        "class_names": names,
-        "eval_dir": str(eval_dir),
-        "settings": settings,
+        "corruptions": per,
+        "mce": float(np.mean([per[c]["ce"] for c in common])) if common else nan,
+        "mce_alexnet": float(np.mean([per[c]["ce_alexnet"] for c in common])) if common else nan,
+        "mce_corruptions": common,
+        "complete": complete,
+    }
+
+
+# ---------------------------------------------------------------- ImageNet-ReaL
+
+
+def real_correct(predicted: np.ndarray, label_lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(included, correct) masks: an image counts when its ReaL list is non-empty, and is
+    correct when the prediction is in its list (Beyer et al. 2020)."""
+    predicted = np.asarray(predicted).reshape(-1)
+    if len(label_lists) != predicted.size:
+        raise ValueError(f"real_correct: {predicted.size} predictions but {len(label_lists)} label lists")
+    included = np.array([len(labels) > 0 for labels in label_lists], dtype=bool)
+    correct = np.array([int(p) in labels for p, labels in zip(predicted.tolist(), label_lists)], dtype=bool)
+    return included, correct & included
+
+
+def real_metrics(predicted: np.ndarray, true: np.ndarray, label_lists: Sequence[Sequence[int]],
+                 num_classes: int) -> dict[str, Any]:
+    """ReaL top-1 error over the images with a non-empty list, and per-class error grouped by
+    the original (true) class of each included image."""
+    included, correct = real_correct(predicted, label_lists)
+    true = np.asarray(true).reshape(-1)
+    n = int(included.sum())
+    if n == 0:
+        raise ValueError("real_metrics: every image has an empty ReaL list")
+    t = true[included]
+    # An included image is "wrong" when its prediction is not in its list: classwise_error
+    # needs (pred, true) pairs, so encode correctness as pred == true.
+    pseudo = np.where(correct[included], t, -1)
+    per_class = classwise_error(pseudo, t, num_classes)
+    return {
+        "images": n,
+        "excluded_empty": int(included.size - n),
+        "error": float(1.0 - correct[included].mean()),
+        "classwise": summarize_classwise(per_class),
+        "per_class_error": [None if np.isnan(e) else float(e) for e in per_class],
     }

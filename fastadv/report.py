@@ -1,4 +1,9 @@
-"""Markdown + JSON + figure report over several eval dirs, in the primary paper's layout."""
+"""The paper's report from saved predictions alone: metrics.json, report.md, report.html (one
+self-contained file) and the figures, for every evaluated model side by side.
+
+Table 1: clean / mCE / PGD-40 error; Table 2: class-wise mean and SD for clean, ReaL, PGD-40.
+A suite without data appears as "skipped" with its reason, never silently missing.
+"""
 
 from __future__ import annotations
 
@@ -7,50 +12,51 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from fastadv.errors import FastadvError
-from fastadv.metrics import model_metrics, relative_change
+from fastadv.figures import classwise_figure, imagenet_c_figure, imagenet_x_figure
+from fastadv.metrics import CORRUPTIONS, relative_change
 from fastadv.predictions import atomic_write
+from fastadv.report_render import Bullets, Doc, Figure, Heading, Para, Table, to_html, to_markdown
+from fastadv.scoring import Sources, find_inputs, headline, model_metrics, pgd_keys
 
-KNOWN = ("clean", "pgd40", "pgd40-kplusm")
-MCE_SKIPPED = "ImageNet-C not evaluated: no ImageNet-C data configured"
-REAL_SKIPPED = "ImageNet-ReaL labels apply only to the ImageNet validation set"
 DASH = "—"
-FIGURE = "classwise_error.png"
+SKIPPED = "skipped"
 ROLES = (("adv-plus", "Adv+"), ("adv", "Adv"), ("std", "Std"))  # longest suffix first
+SUITES = (("clean", "clean"), ("real", "ImageNet-ReaL"), ("imagenet_c", "ImageNet-C"),
+          ("imagenet_x", "ImageNet-X"), ("pgd", "PGD"))
 
 
 def _finite(obj: Any) -> Any:
-    """NaN -> None throughout, so metrics.json is strict JSON (NaN is not)."""
-    if isinstance(obj, float) and math.isnan(obj):
+    """NaN / inf -> None throughout, so metrics.json is strict JSON."""
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
         return None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
 
 
 def _pct(x: float | None) -> str:
-    return DASH if x is None or math.isnan(x) else f"{100 * x:.2f}"
+    return DASH if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def _cw(model: dict[str, Any], key: str, field: str) -> float | None:
-    s = model["settings"].get(key)
+def _cw(model: dict[str, Any], key: str | None, field: str) -> float | None:
+    s = model["settings"].get(key) if key else None
     return None if s is None else s["classwise"][field]
 
 
-def _err(model: dict[str, Any], key: str) -> float | None:
-    s = model["settings"].get(key)
+def _err(model: dict[str, Any], key: str | None) -> float | None:
+    s = model["settings"].get(key) if key else None
     return None if s is None else s["error"]
+
+
+def _done(model: dict[str, Any], suite: str) -> bool:
+    return model["suites"].get(suite, {}).get("status") == "done"
+
+
+def _reason(model: dict[str, Any], suite: str) -> str:
+    return model["suites"].get(suite, {}).get("reason", "not evaluated")
 
 
 def _role(name: str) -> str | None:
@@ -63,7 +69,7 @@ def _role(name: str) -> str | None:
 
 
 def _pairs(models: list[dict[str, Any]]) -> list[tuple[str, dict, str, dict]]:
-    """(label, before, label, after) pairs: the paper's Std/Adv/Adv+ pairs, else later vs first."""
+    """(label, before, label, after): the paper's Std/Adv/Adv+ pairs, else later models vs the first."""
     by_role: dict[str, dict] = {}
     for m in models:
         by_role.setdefault(_role(m["model"]) or "", m)
@@ -74,153 +80,260 @@ def _pairs(models: list[dict[str, Any]]) -> list[tuple[str, dict, str, dict]]:
     return [(models[0]["model"], models[0], m["model"], m) for m in models[1:]]
 
 
-def _paper_pgd(model: dict[str, Any]) -> float | None:
-    """Error under the paper's attack: on all K+M logits (equal to the K-head attack when M = 0)."""
-    return _err(model, "pgd40-kplusm") if "pgd40-kplusm" in model["settings"] else _err(model, "pgd40")
+def _mce(model: dict[str, Any], field: str) -> str:
+    c = model["suites"].get("imagenet_c", {})
+    if c.get("status") != "done":
+        return SKIPPED
+    value = _pct(c.get(field))
+    return value if c.get("complete") else f"{value} (partial: {len(c.get('mce_corruptions', []))}/{len(CORRUPTIONS)})"
+
+
+def _skip_notes(models: list[dict[str, Any]], suite: str, label: str) -> list[str]:
+    """One line per distinct skip reason of a suite, naming the models it applies to."""
+    groups: dict[str, list[str]] = {}
+    for m in models:
+        if not _done(m, suite):
+            groups.setdefault(_reason(m, suite), []).append(m["model"])
+    every = len(models)
+    return [f"{label}: skipped for {'every model' if len(who) == every else ', '.join(who)}: {reason}."
+            for reason, who in groups.items()]
 
 
 def _relative_lines(models: list[dict[str, Any]]) -> list[str]:
     lines = []
     for la, before, lb, after in _pairs(models):
+        (kb, kmb), (ka, kma) = pgd_keys(before), pgd_keys(after)
+        pgd = f"PGD-{(ka or kb or 'pgd40')[3:]}"
         quantities = [
             ("clean error", _cw(before, "clean", "mean"), _cw(after, "clean", "mean")),
-            ("PGD-40 error (K-head)", _cw(before, "pgd40", "mean"), _cw(after, "pgd40", "mean")),
+            ("ReaL error", _cw(before, "real", "mean"), _cw(after, "real", "mean")),
+            ("mCE (unnormalized)", before["suites"].get("imagenet_c", {}).get("mce"),
+             after["suites"].get("imagenet_c", {}).get("mce")),
+            (f"{pgd} error (K-head)", _cw(before, kb, "mean"), _cw(after, ka, "mean")),
+            (f"{pgd} error (paper attack, K+M)", _cw(before, kmb or kb, "mean") if kma else None, _cw(after, kma, "mean")),
             ("clean SD", _cw(before, "clean", "sd"), _cw(after, "clean", "sd")),
+            (f"{pgd} SD (K-head)", _cw(before, kb, "sd"), _cw(after, ka, "sd")),
         ]
-        if "pgd40-kplusm" in after["settings"] or "pgd40-kplusm" in before["settings"]:
-            quantities.insert(2, ("PGD-40 error (paper attack, K+M)", _paper_pgd(before), _paper_pgd(after)))
         names = f" ({before['model']} → {after['model']})" if la != before["model"] else ""
         for what, b, a in quantities:
             if b is None or a is None:
                 continue
-            change = -100 * relative_change(b, a)  # shown as a signed change: negative = lower
-            lines.append(
-                f"- {lb} vs {la}{names}: {what} {change:+.2f}% relative ({_pct(b)}% → {_pct(a)}%)"
-            )
-    return lines or ["- (only one model: nothing to compare)"]
+            change = -100 * relative_change(b, a)  # shown signed: negative = lower error after
+            text = "n/a (before is 0)" if math.isnan(change) else f"{change + 0.0:+.2f}% relative".replace("-0.00", "+0.00")
+            lines.append(f"{lb} vs {la}{names}: {what} {text} ({_pct(b)}% → {_pct(a)}%)")
+    return lines or ["(only one model: nothing to compare)"]
 
 
 def _attack_note(models: list[dict[str, Any]]) -> str:
-    """One line per distinct (eps, steps, alpha) of the PGD settings, naming who used it."""
     groups: dict[str, list[str]] = {}
     for m in models:
-        for key in ("pgd40", "pgd40-kplusm"):
-            s = m["settings"].get(key)
+        for key in pgd_keys(m):
+            s = m["settings"].get(key) if key else None
             if s is not None and "eps" in s:
-                params = f"eps={s['eps']}, steps={s.get('steps')}, alpha={s.get('alpha')}"
+                params = f"eps={s['eps']:.4g} ({s['eps'] * 255:.3g}/255), steps={s.get('steps')}, alpha={s.get('alpha'):.4g}"
                 groups.setdefault(params, []).append(f"{m['model']} {key}")
+    if not groups:
+        return ""
     if len(groups) == 1:
         return f"Attack parameters (from eval.json): {next(iter(groups))} for every PGD setting."
-    parts = [f"{params} ({', '.join(who)})" for params, who in groups.items()]
-    return "Attack parameters (from eval.json): " + "; ".join(parts) + "." if parts else ""
+    return "Attack parameters (from eval.json): " + "; ".join(f"{p} ({', '.join(w)})" for p, w in groups.items()) + "."
 
 
-def _markdown(models: list[dict[str, Any]], eval_dirs: list[Path]) -> str:
-    out = [
-        "# fastadv class-wise robustness report",
-        "",
-        "Made by `fastadv.report.build_report` from the per-image prediction CSVs of the eval "
-        "dirs below; every number is recomputed from those files alone, so the report does not "
-        "depend on the machine or device that rendered it. Errors are top-1 error rates in %.",
-        "",
-        *[f"- `{d}` ({m['model']}, {m['arch'] or 'arch ?'}, K={m['num_classes']}, M={m['num_aux']})"
-          for d, m in zip(eval_dirs, models)],
-        "",
-        "## Table 1: error rates (%)",
-        "",
-    ]
-    rows = [[m["model"], _pct(_err(m, "clean")), "skipped", _pct(_err(m, "pgd40")),
-             _pct(_err(m, "pgd40-kplusm")) if m["label_augmented"] else DASH] for m in models]
-    out += _table(["model", "Clean", "mCE", "PGD-40 (K-head)", "PGD-40 (K+M, LA only)"], rows)
-    out += ["", f"mCE: skipped ({MCE_SKIPPED}).",
-            "", "PGD-40 (K-head) attacks the K class logits only (the adaptive attack for "
-            "label-augmented models); PGD-40 (K+M) attacks all K+M logits as the paper does.",
-            "", _attack_note(models), "", "## Table 2: class-wise error (%)", ""]
-    rows = [[m["model"], _pct(_cw(m, "clean", "mean")), _pct(_cw(m, "clean", "sd")), "skipped",
-             "skipped", _pct(_cw(m, "pgd40", "mean")), _pct(_cw(m, "pgd40", "sd"))] for m in models]
-    out += _table(["model", "clean mean", "clean SD", "ReaL mean", "ReaL SD", "PGD-40 mean", "PGD-40 SD"], rows)
-    out += ["", f"ReaL: skipped ({REAL_SKIPPED}).",
-            "", "SD is the population standard deviation across classes (ddof = 0). PGD-40 here is "
-            "the K-head attack; the K+M attack's class-wise numbers are in the detail below.",
-            "", "## Class-wise detail (%)", ""]
+def _suite_rows(models: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for m in models:
+        for suite, label in SUITES:
+            s = m["suites"].get(suite, {})
+            if s.get("status") == "done":
+                detail = {"real": lambda: f"labels {s.get('source')}",
+                          "imagenet_c": lambda: f"{s.get('source')} {s.get('path')}, {len(s.get('corruptions', {}))} "
+                                                f"corruption(s) x severities {s.get('severities')}",
+                          "imagenet_x": lambda: f"{s.get('images')} annotated images, {s.get('which_factor')} factor",
+                          "pgd": lambda: ", ".join(s.get("settings", [])),
+                          }.get(suite, lambda: "")()
+                rows.append([m["model"], label, "done", detail])
+            else:
+                rows.append([m["model"], label, SKIPPED, s.get("reason", "not evaluated")])
+    return rows
+
+
+def _document(models: list[dict[str, Any]], figures: dict[str, str | None]) -> Doc:
+    doc = Doc("fastadv class-wise robustness report")
+    any_pgd = next((k for m in models for k in pgd_keys(m) if k), None)
+    steps = any_pgd[3:].split("-")[0] if any_pgd else "40"
+    doc.add(
+        Para("Made by `fastadv metrics` / `fastadv report` from the per-image prediction CSVs below; every number "
+             "is recomputed from those files alone (no model, no GPU). Errors are top-1 error rates in %; SD is the "
+             "population standard deviation across classes (ddof = 0)."),
+        Bullets([f"`{m['source']}` ({m['model']}, {m['arch'] or 'arch ?'}, K={m['num_classes']}, M={m['num_aux']})"
+                 for m in models]),
+        Heading(2, "Suites"), Table(["model", "suite", "status", "details / reason"], _suite_rows(models), 99),
+        Heading(2, "Table 1: error rates (%)"),
+        Table(["model", "Clean", "mCE (paper, unnormalized)", "mCE (AlexNet-normalized)", f"PGD-{steps} (K-head)",
+               f"PGD-{steps} (K+M, LA only)"],
+              [[m["model"], _pct(_err(m, "clean")), _mce(m, "mce"), _mce(m, "mce_alexnet"),
+                _pct(_err(m, pgd_keys(m)[0])) if _done(m, "pgd") else SKIPPED,
+                _pct(_err(m, pgd_keys(m)[1])) if m["label_augmented"] else DASH] for m in models]),
+    )
+    notes = _skip_notes(models, "imagenet_c", "mCE") + _skip_notes(models, "pgd", "PGD")
+    notes.append("mCE (paper) = mean over the 15 corruptions of CE_c = mean over severities 1-5 of the error; the "
+                 "AlexNet-normalized mCE divides each CE_c by AlexNet's error on that corruption first.")
+    notes.append(f"PGD-{steps} (K-head) attacks the K class logits only (the adaptive attack for label-augmented "
+                 f"models); PGD-{steps} (K+M) attacks all K+M logits as the paper does.")
+    if _attack_note(models):
+        notes.append(_attack_note(models))
+    doc.add(Bullets(notes), Heading(2, "Table 2: class-wise error (%)"))
+    rows = []
+    for m in models:
+        k = pgd_keys(m)[0]
+        real = [_pct(_cw(m, "real", "mean")), _pct(_cw(m, "real", "sd"))] if _done(m, "real") else [SKIPPED] * 2
+        rows.append([m["model"], _pct(_cw(m, "clean", "mean")), _pct(_cw(m, "clean", "sd")), *real,
+                     _pct(_cw(m, k, "mean")), _pct(_cw(m, k, "sd"))])
+    doc.add(Table(["model", "clean mean", "clean SD", "ReaL mean", "ReaL SD", f"PGD-{steps} mean", f"PGD-{steps} SD"], rows))
+    doc.add(Bullets(_skip_notes(models, "real", "ReaL") + [
+        "Class-wise mean and SD over classes (ddof = 0). ReaL groups the images with a non-empty ReaL list by "
+        f"their original class. PGD-{steps} here is the K-head attack; the K+M attack's numbers are in the detail."]))
+    _classwise_detail(doc, models)
+    _imagenet_c_section(doc, models, figures.get("imagenet_c"))
+    _imagenet_x_section(doc, models, figures.get("imagenet_x"))
+    _temperature_section(doc, models)
+    doc.add(Heading(2, "Relative changes"),
+            Para("As in the paper's text: (before - after) / before of the class-wise mean error (or SD; mCE as is), "
+                 "shown signed (negative = lower error after)."),
+            Bullets(_relative_lines(models)))
+    doc.add(Heading(2, "Figure: class-wise error per setting"))
+    if figures.get("classwise"):
+        doc.add(Figure(figures["classwise"], "class-wise error per setting",
+                       "Class-wise error per setting; each model's classes sorted from worst to best (x = class rank), "
+                       "so the curves compare error distributions, not individual classes."))
+    return doc
+
+
+def _classwise_detail(doc: Doc, models: list[dict[str, Any]]) -> None:
     rows = []
     for m in models:
         for key, s in m["settings"].items():
+            if s.get("suite") == "imagenet-c":
+                continue
             cw = s["classwise"]
             worst = DASH if cw["worst_class"] is None else m["class_names"][cw["worst_class"]]
             if cw["worst_ties"] > 1:
                 worst += f" (+{cw['worst_ties'] - 1} tied)"
-            rows.append([m["model"], key, _pct(cw["mean"]), _pct(cw["sd"]), worst,
-                         _pct(cw["worst"]), _pct(cw["worst10_mean"]), str(cw["n_classes"])])
-    out += _table(["model", "setting", "mean", "SD", "worst class", "worst error",
-                   "worst 10% mean", "classes"], rows)
-    out += ["", "## Relative changes", "",
-            "As in the paper's text: (before - after) / before of the class-wise mean error "
-            "(or SD), shown signed (negative = lower error after).", "", *_relative_lines(models)]
-    extra = [[m["model"], key, str(s.get("title", key)), str(s["images"]), _pct(s["error"]),
-              _pct(s["classwise"]["mean"]), _pct(s["classwise"]["sd"]), _pct(s["classwise"]["worst"])]
-             for m in models for key, s in m["settings"].items() if key not in KNOWN]
-    if extra:
-        out += ["", "## Further settings", ""]
-        out += _table(["model", "setting", "title", "images", "error", "cw mean", "cw SD", "worst"], extra)
-    out += ["", "## Figure", "", f"![class-wise error per setting]({FIGURE})", "",
-            "Class-wise error per setting; each model's classes are sorted from worst to best "
-            "(x = class rank), so the curves compare error distributions, not individual classes.", ""]
-    return "\n".join(out)
+            rows.append([m["model"], key, str(s.get("title", key)), str(s["images"]), _pct(s["error"]), _pct(cw["mean"]),
+                         _pct(cw["sd"]), worst, _pct(cw["worst"]), _pct(cw["worst10_mean"]), str(cw["n_classes"])])
+    doc.add(Heading(2, "Class-wise detail (%)"),
+            Table(["model", "setting", "title", "images", "top-1 error", "class mean", "class SD", "worst class",
+                   "worst error", "worst 10% mean", "classes"], rows, 3),
+            Para("Worst 10% mean: the mean error of the ceil(10%) worst classes (at least one). Per-class errors of "
+                 "every setting, ImageNet-C included, are in metrics.json."))
 
 
-def _figure(models: list[dict[str, Any]], path: Path) -> None:
-    """One panel per setting (known ones first), one curve per model in a fixed colour."""
-    titles: dict[str, str] = {}
+def _temperature_section(doc: Doc, models: list[dict[str, Any]]) -> None:
+    """Class-wise attack analysis: per-class robust error under PGD vs Temperature-PGD (eval.temperatures)."""
+    rows = []
     for m in models:
+        base = pgd_keys(m)[0]
         for key, s in m["settings"].items():
-            titles.setdefault(key, str(s.get("title", key)))
-    keys = [k for k in KNOWN if k in titles] + [k for k in titles if k not in KNOWN]
-    ncols = min(3, len(keys))
-    nrows = math.ceil(len(keys) / ncols)
-    fig = Figure(figsize=(5 * ncols, 4 * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).reshape(-1)
-    for ax in axes[len(keys):]:
-        ax.set_visible(False)
-    for ax, key in zip(axes, keys):
-        for i, m in enumerate(models):
-            if key not in m["settings"]:
+            if s.get("suite") != "tpgd" or base is None:
                 continue
-            e = np.array([np.nan if x is None else x for x in m["settings"][key]["per_class_error"]])
-            e = np.sort(e[~np.isnan(e)])[::-1] * 100
-            ax.plot(np.arange(e.size), e, color=f"C{i % 10}", marker="o" if e.size <= 50 else None,
-                    ms=3, label=m["model"])
-        ax.set_title(titles[key])
-        ax.set_xlabel("class rank (sorted by error, per model)")
-        ax.set_ylabel("class error (%)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
+            before = m["settings"][base]["per_class_error"]
+            after = s["per_class_error"]
+            gains = sorted(((a - b, c) for c, (b, a) in enumerate(zip(before, after)) if a is not None and b is not None),
+                           reverse=True)
+            losers = ", ".join(f"{m['class_names'][c]} (+{100 * d:.1f})" for d, c in gains[:5] if d > 0) or "none"
+            harder = sum(1 for d, _ in gains if d > 0)
+            rows.append([m["model"], f"{s.get('temperature', key)}", _pct(_cw(m, base, "mean")), _pct(_cw(m, key, "mean")),
+                         _pct(_cw(m, base, "worst")), _pct(_cw(m, key, "worst")), f"{harder}/{len(gains)}", losers])
+    if not rows:
+        return
+    doc.add(Heading(2, "Class-wise attack analysis: PGD vs Temperature-PGD (%)"),
+            Table(["model", "T", "PGD class mean", "T-PGD class mean", "PGD worst", "T-PGD worst",
+                   "classes with higher error", "classes that lose most (+points)"], rows, 2),
+            Para("Temperature-PGD attacks CE(softmax(z / T), y) on the K-class head with the PGD setting's eps, steps "
+                 "and step size (our reconstruction of Tian et al. 2021). The last column lists the classes whose "
+                 "robust error rises most under T-PGD relative to PGD."))
 
 
-def build_report(eval_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
-    """Write metrics.json, report.md and classwise_error.png into out_dir; return the metrics."""
-    if not eval_dirs:
-        raise FastadvError("build_report needs at least one eval dir.")
-    eval_dirs = [Path(d) for d in eval_dirs]
-    models = [_finite(model_metrics(d)) for d in eval_dirs]
+def _imagenet_c_section(doc: Doc, models: list[dict[str, Any]], figure: str | None) -> None:
+    doc.add(Heading(2, "ImageNet-C: error per corruption and severity (%)"))
+    done = [m for m in models if _done(m, "imagenet_c")]
+    notes = _skip_notes(models, "imagenet_c", "ImageNet-C")
+    if done:
+        rows = []
+        for m in done:
+            for name, per in m["suites"]["imagenet_c"]["corruptions"].items():
+                errs = per["errors"]
+                sev = [_pct(errs.get(s, errs.get(str(s)))) for s in range(1, 6)]
+                rows.append([m["model"], name, *sev, _pct(per["ce"]), DASH if per["ce_alexnet"] is None
+                             else f"{100 * per['ce_alexnet']:.2f}", _pct(per.get("classwise_sd_mean"))])
+        doc.add(Table(["model", "corruption", "s1", "s2", "s3", "s4", "s5", "CE", "CE / AlexNet", "class SD (mean over s)"],
+                      rows, 2))
+        notes.append("CE = mean error over the evaluated severities; CE / AlexNet in % of AlexNet's error. Corruptions "
+                     "outside the 15 of mCE (speckle_noise, gaussian_blur, spatter, saturate) have no AlexNet value.")
+    doc.add(Bullets(notes))
+    if figure:
+        doc.add(Figure(figure, "ImageNet-C error per corruption and severity",
+                       "ImageNet-C top-1 error against severity, one panel per corruption, one line per model."))
+
+
+def _imagenet_x_section(doc: Doc, models: list[dict[str, Any]], figure: str | None) -> None:
+    doc.add(Heading(2, "ImageNet-X: error rate and error ratio per factor"))
+    done = [m for m in models if _done(m, "imagenet_x")]
+    notes = _skip_notes(models, "imagenet_x", "ImageNet-X")
+    if done:
+        factors = list(done[0]["suites"]["imagenet_x"]["factors"])
+        header = ["factor"] + [h for m in done for h in (f"{m['model']} images", f"{m['model']} error %",
+                                                            f"{m['model']} error ratio")]
+        rows = []
+        for f in factors:
+            row = [f]
+            for m in done:
+                v = m["suites"]["imagenet_x"]["factors"][f]
+                row += [str(v["images"]), _pct(v["error"]),
+                        DASH if v["error_ratio"] is None else f"{v['error_ratio']:.3f}"]
+            rows.append(row)
+        rows.append(["(annotated subset)"] + [c for m in done for c in (
+            str(m["suites"]["imagenet_x"]["images"]), _pct(m["suites"]["imagenet_x"]["average_error"]), "1.000")])
+        doc.add(Table(header, rows))
+        notes.append("Computed with the imagenet-x package's own functions (compute_factor_accuracies, error_ratio) "
+                     "on the clean predictions: error ratio = (1 - acc_f) / (1 - acc_avg) over the annotated images; "
+                     "top factor, prototypes filtered, as its get_factor_accuracies.")
+    doc.add(Bullets(notes))
+    if figure:
+        doc.add(Figure(figure, "ImageNet-X error rate and error ratio per factor",
+                       "ImageNet-X: error rate (top) and error ratio (bottom) per factor of variation."))
+
+
+def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources | None = None) -> dict[str, Any]:
+    """Write metrics.json, report.md, report.html and the figures into out_dir; return the metrics.
+
+    `inputs`: eval dirs, run dirs, prediction CSVs (one per model) or folders of them.
+    """
+    if not inputs:
+        raise FastadvError("build_report needs at least one eval dir or predictions CSV.")
+    out_dir = Path(out_dir)
+    sources = sources or Sources()
+    if sources.export_dir is None:
+        sources.export_dir = out_dir / "imagenet_x_predictions"
+    paths = find_inputs(list(inputs))
+    models = [_finite(model_metrics(p, sources)) for p in paths]
     seen: dict[str, Path] = {}
-    for d, m in zip(eval_dirs, models):
+    for p, m in zip(paths, models):
         if m["model"] in seen:
-            raise FastadvError(
-                f"Model name {m['model']!r} appears in both {seen[m['model']]} and {d}; "
-                "pass each model once, or give the runs distinct names."
-            )
-        seen[m["model"]] = d
+            raise FastadvError(f"Model name {m['model']!r} appears in both {seen[m['model']]} and {p}; "
+                               "pass each model once, or give the runs distinct names.")
+        seen[m["model"]] = p
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = {"classwise": classwise_figure(models, out_dir), "imagenet_c": imagenet_c_figure(models, out_dir),
+               "imagenet_x": imagenet_x_figure(models, out_dir)}
     metrics = {
         "units": "errors are fractions in [0, 1]; SD is the population SD across classes (ddof = 0)",
-        "skipped": {"mCE": MCE_SKIPPED, "ReaL": REAL_SKIPPED},
+        "headline": {m["model"]: _finite(headline(m)) for m in models},
+        "figures": figures,
         "models": models,
     }
-    out_dir = Path(out_dir)
+    doc = _document(models, figures)
     atomic_write(out_dir / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2, allow_nan=False) + "\n"))
-    atomic_write(out_dir / "report.md", lambda f: f.write(_markdown(models, eval_dirs)))
-    _figure(models, out_dir / FIGURE)
+    atomic_write(out_dir / "report.md", lambda f: f.write(to_markdown(doc)))
+    atomic_write(out_dir / "report.html", lambda f: f.write(to_html(doc, out_dir)))
     return metrics

@@ -142,3 +142,27 @@ def test_every_classwise_recipe_trains_and_resumes_exactly(tmp_path, monkeypatch
         assert ckpt["eval_model"] is not None  # FAWA average: what evaluation loads
         other = load_checkpoint(resumed)["eval_model"]
         assert all(torch.equal(ckpt["eval_model"][k], other[k]) for k in other)
+
+
+def test_temperature_pgd_evaluation_settings_and_report(tmp_path):
+    from fastadv.evaluate import evaluate
+    from fastadv.report import build_report
+
+    run = train(load_config("demo-adv", TINY[:4] + ["optim.epochs=1", "train.progress=false",
+                                                    f"train.out_dir={tmp_path / 'run'}"]))
+    out = evaluate(run, overrides=["data.limit_val=40", "eval.steps=2", "eval.temperatures=0.5,2"], progress=False)
+    import json
+
+    settings = json.loads((out / "eval.json").read_text())["settings"]
+    assert [k for k in settings if k.startswith("tpgd")] == ["tpgd2-T0.5", "tpgd2-T2"]
+    assert settings["tpgd2-T0.5"]["temperature"] == 0.5 and settings["tpgd2-T0.5"]["suite"] == "tpgd"
+    build_report([out], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "PGD vs Temperature-PGD" in text and "classes that lose most" in text
+
+
+def test_bad_temperatures_are_refused():
+    from fastadv.errors import FastadvError
+
+    with pytest.raises(FastadvError, match="eval.temperatures"):
+        load_config("demo-adv", ["eval.temperatures=0.5,-1"])

@@ -13,7 +13,6 @@ from matplotlib.image import imread
 from fastadv.errors import FastadvError
 from fastadv.metrics import (
     classwise_error,
-    model_metrics,
     relative_change,
     setting_metrics,
     summarize_classwise,
@@ -21,6 +20,7 @@ from fastadv.metrics import (
 )
 from fastadv.predictions import read_predictions, write_predictions
 from fastadv.report import build_report
+from fastadv.scoring import model_metrics
 
 NAMES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -187,15 +187,20 @@ def test_build_report(tmp_path: Path) -> None:
 
     md = (out / "report.md").read_text()
     for needle in ["Table 1", "Table 2", "skipped", "no ImageNet-C data configured",
-                   "only to the ImageNet validation set", "ddof = 0",
+                   "are ImageNet validation names", "ddof = 0",
                    "plane (+9 tied)", "| cat |", "horse", "truck",  # worst classes by name
-                   "Adv+ vs Adv", "Adv vs Std", "Adv+ vs Std", "Further settings", "FGSM",
-                   "](classwise_error.png)"]:
+                   "Adv+ vs Adv", "Adv vs Std", "Adv+ vs Std", "| fgsm | FGSM |",
+                   "](classwise_error.png)", "ImageNet-X: skipped for every model", "mCE: skipped for every model",
+                   "PGD-40 SD (K-head) n/a (before is 0)"]:
         assert needle in md, needle
-    row = next(line for line in md.splitlines() if line.startswith("| demo-adv-plus |"))
-    assert [c.strip() for c in row.split("|")[2:6]] == ["8.00", "skipped", "44.00", "20.00"]
-    assert next(line for line in md.splitlines() if line.startswith("| demo-std |")).endswith("| — |")
-    # PGD-40 K-head, Adv+ vs Adv: mean class error 32% -> 22%, i.e. -31.25% relative
+    table1 = md.split("## Table 1")[1].split("## Table 2")[0]
+    row = next(line for line in table1.splitlines() if line.startswith("| demo-adv-plus |"))
+    assert [c.strip() for c in row.split("|")[2:7]] == ["8.00", "skipped", "skipped", "44.00", "20.00"]
+    assert next(line for line in table1.splitlines() if line.startswith("| demo-std |")).endswith("| — |")
+    table2 = md.split("## Table 2")[1].split("## Class-wise detail")[0]
+    row = next(line for line in table2.splitlines() if line.startswith("| demo-adv |"))
+    assert [c.strip() for c in row.split("|")[2:8]] == ["10.00", "24.08", "skipped", "skipped", "64.00", "12.00"]
+    # PGD-40 K-head, Adv+ vs Adv: mean class error 64% -> 44%, i.e. -31.25% relative
     assert "Adv+ vs Adv (demo-adv → demo-adv-plus): PGD-40 error (K-head) -31.25% relative" in md
 
     img = imread(out / "classwise_error.png")
