@@ -105,7 +105,7 @@ def test_overrides_parse_types_and_fractions():
         ("optim.epochs=two", "not a valid int"),
         ("attack.epsilon=0.1", "unknown field"),
         ("atack.eps=0.1", "unknown config section"),
-        ("method.name=trades", "not one of"),
+        ("method.name=mart", "not one of"),
         ("noequals", "section.field=value"),
     ],
 )
