@@ -21,22 +21,35 @@ endif
 MODELS := std adv adv-plus
 CKPTS ?= $(foreach m,$(MODELS),$(wildcard $(RUNS)/$(PREFIX)-$(m)))
 
-.PHONY: help install test bench train-std train-adv train-adv-plus eval clean-runs
+# System packages FFCV builds against (Debian names); `make system-deps` installs the missing ones.
+SYSTEM_DEPS := pkg-config g++ libturbojpeg0-dev libopencv-dev
+
+.PHONY: help system-deps install test bench train-std train-adv train-adv-plus eval clean-runs
 
 help:  ## list the targets
+	@echo "make system-deps      apt-get the packages FFCV builds against ($(SYSTEM_DEPS))"
 	@echo "make install          create .venv and install fastadv with its test extras (quick when done)"
 	@echo "make test             run the test suite (CPU; Triton kernels under TRITON_INTERPRET=1)"
 	@echo "make train-std        train, evaluate and report Std   (demo data, or DATA=/path/to/imagenet)"
 	@echo "make train-adv        train, evaluate and report Adv   (PGD-10 adversarial training)"
 	@echo "make train-adv-plus   train, evaluate and report Adv+  (PGD-10 + label augmentation)"
 	@echo "make bench            images/sec, memory, TFLOP/s: fast path vs baselines -> bench/results/"
-	@echo "make eval             evaluate every trained run (CKPTS) into one report: RUNS/report"
+	@echo "make eval             evaluate every trained run (CKPTS) into one report: RUNS/report (IMAGENET= IMAGENET_C= REAL=)"
+	@echo "make demo-methods     every class-wise method (std ... adv-plus-cfa) x SEEDS on the demo, one report"
 	@echo "make clean-runs       delete RUNS"
-	@echo "variables: DATA=$(DATA) RUNS=$(RUNS) ARGS='optim.epochs=2 ...' CKPTS='runs/a runs/b'"
+	@echo "variables: DATA=$(DATA) RUNS=$(RUNS) ARGS='optim.epochs=2 ...' CKPTS='runs/a runs/b' NPROC=$(NPROC) (GPUs: torchrun)"
 
-install: $(STAMP)  ## create .venv and install fastadv with its test extras (quick when done)
+system-deps:  ## apt-get the system packages FFCV builds against (quick when present; needs root or sudo)
+	@missing=""; for p in $(SYSTEM_DEPS); do dpkg -s $$p 2>/dev/null | grep -q '^Status: install ok installed' || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "make system-deps: install$$missing yourself (no apt-get here); FFCV needs them to build"; exit 1; fi; \
+	sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	echo "make system-deps: installing$$missing"; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing
 
-$(STAMP): pyproject.toml requirements.txt
+install: system-deps $(STAMP)  ## create .venv and install fastadv with its test extras (quick when done)
+
+$(STAMP): pyproject.toml requirements.txt | system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
@@ -49,15 +62,43 @@ test: install  ## run the test suite (CPU; Triton kernels run under TRITON_INTER
 bench: install  ## benchmark the fast path against the research and eager AMP loops (BENCH_ARGS=...)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-$(addprefix train-,$(MODELS)): train-%: install  ## train-std | train-adv | train-adv-plus: train, evaluate and report one model
-	$(BIN)/fastadv train --recipe $(PREFIX)-$* $(DATA_ARG) --out $(RUNS)/$(PREFIX)-$* $(ARGS)
-	$(BIN)/fastadv eval $(RUNS)/$(PREFIX)-$*
+# NPROC > 1: one torchrun process per GPU (DDP; data.batch_size is per process), evaluation sharded too.
+NPROC ?= 1
+ifeq ($(shell test "$(NPROC)" -gt 1 2>/dev/null && echo multi),multi)
+  LAUNCH := $(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m fastadv
+else
+  LAUNCH := $(BIN)/fastadv
+endif
+
+$(addprefix train-,$(MODELS)): train-%: install  ## train-std | train-adv | train-adv-plus: train, evaluate and report one model (NPROC=N: torchrun)
+	$(LAUNCH) train --recipe $(PREFIX)-$* $(DATA_ARG) --out $(RUNS)/$(PREFIX)-$* $(ARGS)
+	$(LAUNCH) eval $(RUNS)/$(PREFIX)-$*
 	$(BIN)/fastadv report $(RUNS)/$(PREFIX)-$* --out $(RUNS)/$(PREFIX)-$*/report
 
-eval: install  ## evaluate every trained run (CKPTS) and write one comparison report to RUNS/report
+# make eval: IMAGENET = dataset root with val/ (default: the one each run trained on),
+# IMAGENET_C = released ImageNet-C folder or "generate", REAL = real.json (default: imagenet-x's),
+# EVAL_ARGS = more `fastadv eval` options, e.g. EVAL_ARGS="--set eval.eps=4/255".
+IMAGENET ?=
+IMAGENET_C ?=
+REAL ?=
+EVAL_ARGS ?=
+EVAL_OPTS = $(if $(strip $(IMAGENET)),--data $(IMAGENET)) $(if $(strip $(IMAGENET_C)),--imagenet-c $(IMAGENET_C)) $(if $(strip $(REAL)),--real $(REAL))
+
+eval: install  ## evaluate every trained run (CKPTS): clean, PGD-40, ImageNet-C, ReaL, ImageNet-X; report in RUNS/report
 	@test -n "$(strip $(CKPTS))" || { echo "make eval: no runs found under $(RUNS)/ (train first, e.g. make train-std train-adv train-adv-plus, or set CKPTS)"; exit 2; }
-	$(BIN)/fastadv eval $(CKPTS) --skip-existing
-	$(BIN)/fastadv report $(CKPTS) --out $(RUNS)/report
+	$(BIN)/fastadv eval $(CKPTS) --skip-existing $(EVAL_OPTS) $(EVAL_ARGS)
+	$(BIN)/fastadv metrics --predictions $(CKPTS) --out $(RUNS)/report
 
 clean-runs:  ## delete the runs folder
 	rm -rf $(RUNS)
+
+# Every class-wise method on the embedded demo, several seeds, one report (issue: class-wise methods).
+METHOD_RECIPES := std adv adv-plus trades cfa-at cfa-trades adv-plus-cfa
+SEEDS ?= 0 1 2
+demo-methods: install  ## train + evaluate every method on the demo for each of SEEDS; report in RUNS/methods/report
+	@set -e; for s in $(SEEDS); do for m in $(METHOD_RECIPES); do \
+	  run=$(RUNS)/methods/demo-$$m-s$$s; resume=; test -f $$run/checkpoint.pt && resume=--resume; \
+	  $(BIN)/fastadv train --recipe demo-$$m --out $$run train.seed=$$s train.progress=false $$resume $(ARGS); \
+	  $(BIN)/fastadv eval $$run --skip-existing --no-progress --set eval.seed=$$s --set eval.temperatures=0.5,2; \
+	done; done
+	$(BIN)/fastadv report $(foreach s,$(SEEDS),$(foreach m,$(METHOD_RECIPES),$(RUNS)/methods/demo-$(m)-s$(s))) --out $(RUNS)/methods/report

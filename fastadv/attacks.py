@@ -38,6 +38,13 @@ def attack_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def attack_view(model: nn.Module) -> nn.Module:
+    """The module an attack calls: `model.attack_model` when the training model carries one
+    (the DDP wrapper does, fastadv.distributed.wrap_model: the attack's frozen-parameter
+    forwards must bypass DDP's gradient synchronization), else `model` itself."""
+    return getattr(model, "attack_model", model)
+
+
 def check_attack_args(eps: float | torch.Tensor, alpha: float | torch.Tensor, steps: int) -> None:
     """Clear errors for the usual mistakes (eps = 8 instead of 8/255, steps = 0, alpha <= 0)."""
     if isinstance(eps, torch.Tensor):
@@ -125,6 +132,7 @@ def pgd_linf(
 ) -> torch.Tensor:
     """PGD l_inf (torchattacks convention): random start, mean CE, last iterate, [0,1] box."""
     x = x.detach()
+    model = attack_view(model)
     with attack_mode(model):
         x_adv = kernels.random_start(x, eps) if random_start else x.clone()
         for _ in range(steps):
@@ -163,6 +171,7 @@ def trades_kl_attack(
     """TRADES' inner maximization: PGD on KL(f(x) || f(x')) over the K class logits,
     starting at x + N(0, init_std^2) (Zhang et al. 2019, their reference code)."""
     x = x.detach()
+    model = attack_view(model)
     with attack_mode(model):
         with torch.no_grad():
             p_clean = torch.softmax(model(x)[:, :num_classes].float(), dim=1)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from fastadv import distributed
 from fastadv.attacks import PGD
 from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
 from fastadv.config import apply_override, from_dict, parse_temperatures, validate
@@ -30,7 +31,7 @@ from fastadv.imagenet_c import default_cache, generate_imagenet_c, parse_corrupt
 from fastadv.models import build_model, predict_k
 from fastadv.predictions import write_predictions
 from fastadv.scoring import IMAGENET_C_SKIPPED
-from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, resolve_device, to_device
+from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,9 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     cfg.model.pretrained, cfg.model.init = False, ""  # the checkpoint carries the weights
     validate(cfg)
     out = Path(out_dir) if out_dir else ckpt_path.parent / "eval"
-    device = resolve_device(cfg.train.device)
+    # Under torchrun each rank evaluates whole batches of its own and rank 0 writes (fastadv.distributed).
+    device = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)[1]
+    progress = progress and distributed.is_main()
     amp = amp_dtype(cfg.train.amp, device)
     model = build_model(cfg.model)
     model.load_state_dict(ckpt.get("eval_model") or ckpt["model"])  # eval_model: e.g. the FAWA weight average
@@ -114,7 +117,8 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
             clean_rows = rows
     info["suites"] = {"imagenet_c": _imagenet_c(model, dataset, clean_rows, cfg, device, amp, batch_size,
                                                 out, info, progress)}
-    (out / "eval.json").write_text(json.dumps(info, indent=2))
+    if distributed.is_main():
+        (out / "eval.json").write_text(json.dumps(info, indent=2))
     return out
 
 
@@ -129,13 +133,16 @@ def request_of(cfg) -> dict[str, Any]:
 def _run_setting(model, dataset, data_cfg, setting: Setting, meta: dict[str, Any], cfg, device, amp,
                  batch_size: int, out: Path, info: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Predict one setting over `dataset`, write predictions/<key>.csv and its eval.json entry."""
-    torch.manual_seed(cfg.eval.seed)  # the attack's random start repeats run to run
-    loader = build_loader(data_cfg, "val", batch_size=batch_size, shuffle=False, dataset=dataset, device=device)
+    # This rank's whole batches; the RNG is seeded per batch from (eval.seed, batch number), so the attack's
+    # random start, and every prediction, is the same with any number of ranks and from run to run.
+    shard = distributed.BatchShard(dataset, batch_size, cfg.eval.seed)
+    loader = build_loader(data_cfg, "val", batch_size=batch_size, shuffle=False, dataset=shard.dataset, device=device)
     start = time.perf_counter()
-    rows = _predict(model, loader, setting, cfg, device, amp, progress)
+    rows = shard.gather(_predict(model, shard.batches(loader), setting, cfg, device, amp, progress))
     seconds = time.perf_counter() - start
     names = [dataset.file_names[i] for i in rows["index"]]
-    write_predictions(out / "predictions" / f"{setting.key}.csv", names, rows["pred"], rows["prob"], rows["true"])
+    if distributed.is_main():
+        write_predictions(out / "predictions" / f"{setting.key}.csv", names, rows["pred"], rows["prob"], rows["true"])
     info["settings"][setting.key] = {**meta, "images": len(names), "seconds": seconds,
                                      "images_per_sec": len(names) / max(seconds, 1e-9),
                                      "skipped_images": rows["skipped"]}

@@ -127,9 +127,11 @@ class ClassWiseCalibration:
         return loss, stats
 
     def _count(self, y: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) -> None:
-        if self.correct is None or self.correct.device != y.device:
+        if self.correct is None:
             self.correct = torch.zeros(self.num_classes, device=y.device)
             self.total = torch.zeros(self.num_classes, device=y.device)
+        elif self.correct.device != y.device:  # counts restored from a checkpoint (loaded on the CPU)
+            self.correct, self.total = self.correct.to(y.device), self.total.to(y.device)
         y = y[mask]
         self.correct += torch.bincount(y, weights=correct[mask].float(), minlength=self.num_classes)
         self.total += torch.bincount(y, minlength=self.num_classes).float()
