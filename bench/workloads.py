@@ -133,6 +133,7 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
             "pgd10_attack": lambda: research_pgd(s.model, s.x, s.y, EPS, EPS / 4, TRAIN_STEPS),
             "adv_plus_train_step": lambda: research_train_step(s.model, s.optimizer, s.x, s.y, soft, attack=True),
             "pgd40_eval": lambda: _research_eval(s, num_classes),
+            "clean_eval": lambda: _research_clean(s, num_classes),
             "std_train_step": lambda: research_train_step(s.model, s.optimizer, s.x, s.y, None, attack=False),
         }[name]
     scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -144,17 +145,30 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
             return train_attack(s.run_model, s.x, s.y)
 
     def evaluate() -> torch.Tensor:
+        s.model.eval()
         with autocast(device, variant.amp):
             x_adv = eval_attack(s.run_model, s.x, s.y)
             with torch.no_grad():
                 return s.run_model(x_adv).argmax(dim=1)
 
+    def clean() -> torch.Tensor:
+        s.model.eval()
+        with autocast(device, variant.amp), torch.no_grad():
+            return s.run_model(s.x).argmax(dim=1)
+
     return {
         "pgd10_attack": attack,
+        "clean_eval": clean,
         "adv_plus_train_step": lambda: train_step(adv_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device, variant.amp),
         "pgd40_eval": evaluate,
         "std_train_step": lambda: train_step(std, s.run_model, s.optimizer, scaler, s.x, s.y, device, variant.amp),
     }[name]
+
+
+def _research_clean(s: Setup, num_classes: int) -> torch.Tensor:
+    s.model.eval()
+    with torch.no_grad():
+        return s.model(s.x)[:, :num_classes].argmax(dim=1)
 
 
 def _research_eval(s: Setup, num_classes: int) -> torch.Tensor:
@@ -169,6 +183,7 @@ FORWARDS_PER_IMAGE = {
     "pgd10_attack": 2 * TRAIN_STEPS,
     "adv_plus_train_step": 2 * TRAIN_STEPS + 3,
     "pgd40_eval": 2 * EVAL_STEPS + 1,
+    "clean_eval": 1,
     "std_train_step": 3,
 }
 WORKLOADS = tuple(FORWARDS_PER_IMAGE)
