@@ -1,4 +1,4 @@
-"""`fastadv train | eval | report | recipes`: one entry point; user errors exit 2 without a traceback."""
+"""`fastadv train | eval | metrics | report | recipes`: one entry point; user errors exit 2 without a traceback."""
 
 from __future__ import annotations
 
@@ -35,33 +35,64 @@ def _eval(args: argparse.Namespace) -> None:
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={args.data}")
+    if args.imagenet_c:
+        overrides.append(f"eval.imagenet_c={args.imagenet_c}")
+    if args.real:
+        overrides.append(f"eval.real_labels={args.real}")
     if args.out and len(args.runs) > 1:
         raise FastadvError("--out names one folder; with several runs leave it out (each run writes <run>/eval)")
     for run in args.runs:
-        if args.skip_existing and _evaluated(run, args.out):
-            print(f"{run}: already evaluated (eval.json newer than the checkpoint), skipped")
+        if args.skip_existing and _evaluated(run, args.out, [_quote(o) for o in overrides]):
+            print(f"{run}: already evaluated (eval.json newer than the checkpoint, same request), skipped")
             continue
         out = evaluate(run, args.out, [_quote(o) for o in overrides], progress=not args.no_progress)
         print(f"predictions and eval.json: {out}")
 
 
-def _evaluated(run: str, out: str | None) -> bool:
-    from fastadv.checkpoint import resolve_checkpoint
+def _evaluated(run: str, out: str | None, overrides: list[str]) -> bool:
+    """eval.json exists, is newer than the checkpoint, and was asked the same (data, suites, attack)."""
+    import json
+
+    from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
+    from fastadv.config import apply_override, from_dict
+    from fastadv.evaluate import request_of
 
     ckpt = resolve_checkpoint(run)
     done = Path(out) if out else ckpt.parent / "eval"
-    return (done / "eval.json").is_file() and (done / "eval.json").stat().st_mtime >= ckpt.stat().st_mtime
+    path = done / "eval.json"
+    if not path.is_file() or path.stat().st_mtime < ckpt.stat().st_mtime:
+        return False
+    cfg = from_dict(load_checkpoint(ckpt)["config"])
+    for item in overrides:
+        apply_override(cfg, item)
+    try:
+        recorded = json.loads(path.read_text()).get("request")
+    except json.JSONDecodeError:
+        return False
+    return recorded == request_of(cfg)
+
+
+def _sources(args: argparse.Namespace):
+    from fastadv.scoring import Sources
+
+    return Sources(real_labels=args.real, labels_csv=getattr(args, "labels", None))
 
 
 def _report(args: argparse.Namespace) -> None:
     from fastadv.report import build_report
 
-    dirs = []
-    for item in args.evals:
-        p = Path(item)
-        dirs.append(p / "eval" if (p / "eval" / "eval.json").is_file() else p)
-    build_report(dirs, Path(args.out))
-    print(f"report: {Path(args.out) / 'report.md'}")
+    build_report(args.evals, Path(args.out), _sources(args))
+    print(f"report: {Path(args.out) / 'report.md'} and {Path(args.out) / 'report.html'}")
+
+
+def _metrics(args: argparse.Namespace) -> None:
+    import json
+
+    from fastadv.report import build_report
+
+    metrics = build_report(args.predictions, Path(args.out), _sources(args))
+    print(json.dumps({"report": str(Path(args.out) / "report.html"), "units": "error fractions in [0, 1]",
+                      "models": metrics["headline"]}, indent=2))
 
 
 def _recipes(args: argparse.Namespace) -> None:
@@ -101,22 +132,75 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write predictions CSVs and eval.json for each run (default: <run>/eval).")
     e.add_argument("runs", nargs="+", help="run folders or checkpoint files")
     e.add_argument("--data", help="dataset root (sets data.path); default: the one the run trained on")
+    e.add_argument("--imagenet-c", metavar="PATH|generate",
+                   help="ImageNet-C: a released folder <corruption>/<severity>/<wnid>/*.JPEG, or 'generate' to "
+                        "corrupt the val images (cached; eval.imagenet_c_cache); sets eval.imagenet_c")
+    e.add_argument("--real", metavar="PATH", help="ReaL labels (real.json); default: the copy inside imagenet-x")
     e.add_argument("--out", help="output folder (one run only)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
-    e.add_argument("--skip-existing", action="store_true", help="skip runs whose eval.json is newer than their checkpoint")
+    e.add_argument("--skip-existing", action="store_true",
+                   help="skip runs whose eval.json is newer than their checkpoint and was asked the same")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for this evaluation, e.g. --set eval.eps=4/255")
     e.set_defaults(func=_eval)
 
+    inputs_help = ("eval dirs, run dirs (using <run>/eval), prediction CSVs (one per model, ImageNet-X format) "
+                   "or folders of them, in table order")
     r = sub.add_parser("report", help="tables and figures from saved predictions (no model, no GPU)",
-                       description="Build report.md, metrics.json and figures from evaluated runs.")
-    r.add_argument("evals", nargs="+", help="run folders (using <run>/eval) or eval folders, in table order")
+                       description="Build report.md, report.html, metrics.json and figures from evaluated runs.")
+    r.add_argument("evals", nargs="+", help=inputs_help)
     r.add_argument("--out", default="runs/report", help="report folder (default runs/report)")
+    r.add_argument("--real", metavar="PATH", help="ReaL labels (real.json); default: as evaluated, else imagenet-x's copy")
+    r.add_argument("--labels", metavar="CSV", help="file_name,true_class for CSVs without true_class "
+                   "(default: the ImageNet val labels shipped in imagenet-x)")
     r.set_defaults(func=_report)
+
+    mt = sub.add_parser("metrics", help="every metric and the report from saved predictions; headline JSON on stdout",
+                        description="Recompute every metric (clean, ReaL, mCE, ImageNet-X, PGD, class-wise) and "
+                                    "the report from predictions alone, and print the headline metrics as JSON.")
+    mt.add_argument("--predictions", nargs="+", required=True, metavar="DIR", help=inputs_help)
+    mt.add_argument("--out", default="runs/report", help="report folder (default runs/report)")
+    mt.add_argument("--real", metavar="PATH", help="ReaL labels (real.json); default: as evaluated, else imagenet-x's copy")
+    mt.add_argument("--labels", metavar="CSV", help="file_name,true_class for CSVs without true_class "
+                    "(default: the ImageNet val labels shipped in imagenet-x)")
+    mt.set_defaults(func=_metrics)
 
     c = sub.add_parser("recipes", help="list the shipped recipes")
     c.set_defaults(func=_recipes)
+
+    _add_data_parser(sub)
     return parser
+
+
+# ------------------------------------------------------------------------------ fastadv data
+def _write_ffcv(args: argparse.Namespace) -> None:
+    from fastadv.data.ffcv_write import metadata_path, write_ffcv
+
+    meta = write_ffcv(args.src, args.out, max_resolution=args.max_resolution, jpeg_quality=args.jpeg_quality,
+                      compress_probability=args.compress_probability, write_mode=args.write_mode, workers=args.workers)
+    print(f"{args.out}: {meta['num_samples']} images, {len(meta['classes'])} classes, "
+          f"{len(meta['skipped'])} undecodable (stored as placeholders, skipped when loading); "
+          f"metadata: {metadata_path(args.out)}")
+
+
+def _add_data_parser(sub) -> None:
+    d = sub.add_parser("data", help="dataset tools: write-ffcv", description="Dataset tools.")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    w = dsub.add_parser(
+        "write-ffcv", help="write a class-folder split to an FFCV .beton",
+        description="Write SRC (one split: <wnid>/*.JPEG class folders, labels in sorted wnid order) to the .beton OUT "
+                    "and OUT.json, as in the FFCV ImageNet example. Then train with data.backend=ffcv and "
+                    "data.ffcv_train / data.ffcv_val (default: <data.path>/train.beton and val.beton).")
+    w.add_argument("src", help="split folder of class folders, e.g. /data/imagenet/train")
+    w.add_argument("out", help="output .beton, e.g. /data/imagenet/train.beton")
+    w.add_argument("--max-resolution", type=int, default=500, help="longest side stored, larger images are shrunk (default 500)")
+    w.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of compressed images (default 90)")
+    w.add_argument("--compress-probability", type=float, default=0.5,
+                   help="share of images stored as JPEG, the rest raw (write-mode proportion; default 0.5)")
+    w.add_argument("--write-mode", default="proportion", choices=("proportion", "jpg", "raw", "smart"),
+                   help="FFCV's image write mode (default proportion)")
+    w.add_argument("--workers", type=int, default=0, help="writer processes (default: all cores)")
+    w.set_defaults(func=_write_ffcv)
 
 
 def main(argv: list[str] | None = None) -> int:

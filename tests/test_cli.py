@@ -38,7 +38,7 @@ def make_folder_dataset(root: Path, classes: int = 3, per_class: int = 6, broken
     return root
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["report"], ["recipes"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["metrics"], ["report"], ["recipes"]])
 def test_help_on_every_command(command):
     done = run_cli(*command, "--help")
     assert done.returncode == 0 and "usage: fastadv" in done.stdout
@@ -54,6 +54,7 @@ def test_help_on_every_command(command):
         (["train", "--recipe", "nope"], "unknown recipe"),
         (["eval", "/no/such/run"], "no checkpoint at"),
         (["report", "/no/such/eval"], "/no/such/eval"),
+        (["metrics", "--predictions", "/no/such/dir"], "/no/such/dir"),
     ],
 )
 def test_user_errors_exit_2_without_traceback(args, expected):
@@ -107,8 +108,15 @@ def test_train_eval_report_end_to_end(tmp_path):
     report = tmp_path / "report"
     assert main(["report", *runs, "--out", str(report)]) == 0
     text = (report / "report.md").read_text()
-    for expected in ("Table 1", "Table 2", "demo-std", "demo-adv", "demo-adv-plus", "skipped", "ddof = 0"):
-        assert expected in text
+    for expected in ("Table 1", "Table 2", "demo-std", "demo-adv", "demo-adv-plus", "skipped", "ddof = 0",
+                     # the ImageNet-only suites are skipped on the demo, each with its reason
+                     "ReaL: skipped for every model: none of the file names are ImageNet validation names",
+                     "mCE: skipped for every model: no ImageNet-C data configured",
+                     "ImageNet-X: skipped for every model: none of the file names"):
+        assert expected in text, expected
     assert (report / "classwise_error.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (report / "report.html").read_text()
     metrics = json.loads((report / "metrics.json").read_text())
     assert [m["model"] for m in metrics["models"]] == ["demo-std", "demo-adv", "demo-adv-plus"]
+    assert metrics["headline"]["demo-std"]["skipped"].keys() == {"real", "imagenet_c", "imagenet_x"}
+    assert metrics["headline"]["demo-adv-plus"]["pgd_kplusm_error"] is not None

@@ -1,4 +1,4 @@
-"""Data loading: class folders (ImageNet layout) and the embedded digits demo, deterministic and resumable."""
+"""Data loading: class folders (folder / dali / ffcv backends) and the embedded digits demo, deterministic and resumable."""
 
 from fastadv.data.loader import (
     Batch,
@@ -9,6 +9,7 @@ from fastadv.data.loader import (
     collate,
     limit_indices,
     mix,
+    resolve_backend,
     sample_seed,
 )
 from fastadv.data.folder import FolderDataset, build_folder_dataset, split_root
@@ -27,6 +28,7 @@ __all__ = [
     "collate",
     "limit_indices",
     "mix",
+    "resolve_backend",
     "sample_seed",
     "split_root",
 ]

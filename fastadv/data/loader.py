@@ -6,6 +6,7 @@ so an epoch is a pure function of (seed, epoch), independent of workers and resu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Iterator, Sequence
@@ -167,6 +168,20 @@ class Loader:
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
             yield batch if self.device is None else batch.to(self.device, non_blocking=True)
+
+
+@contextlib.contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """torch intra-op threads = 1 inside, restored after: for the small CPU ops of the dali / ffcv loaders,
+    whose OpenMP threads would otherwise wait for the cores DALI's / FFCV's own threads keep busy."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
 
 
 def resolve_backend(cfg: DataConfig) -> str:
