@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import kernels_bench
+from bench import kernels_bench, loaders
 from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, time_it
 from bench.workloads import FORWARDS_PER_IMAGE, WORKLOADS, kernel_path, make_setup, variants, workload
 from fastadv.config import ModelConfig
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=0, help="untimed runs first (default 3 GPU, 1 CPU; compiles happen here)")
     p.add_argument("--no-compile-on-cpu", action="store_true", help="fastadv variant eager on the CPU (compiling ResNet-50 takes minutes)")
     p.add_argument("--skip-kernels", action="store_true")
+    p.add_argument("--skip-loaders", action="store_true", help="no loader throughput (needs ../shared/data/imagenet-samples)")
+    p.add_argument("--loader-path", default=str(loaders.SAMPLES), help="JPEG class folders for the loader benchmark")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON result")
     return p.parse_args(argv)
 
@@ -110,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         for k in kernels:
             k["percent_of_copy_bandwidth"] = 100 * k["gb_per_s"] / copy_bw
 
+    loader_rows: list[dict] = []
+    if not args.skip_loaders:
+        if Path(args.loader_path).is_dir():
+            print(f"loaders on {args.loader_path} (train: random-resized crop 224 + flip, batch 64, 2 workers)", flush=True)
+            loader_rows = loaders.measure_all(Path(args.loader_path))
+        else:
+            print(f"loaders: skipped, {args.loader_path} not found", flush=True)
+
     result = {
         "device": facts, "date": dt.date.today().isoformat(), "command": "python -m bench.run " + " ".join(sys.argv[1:]),
         "arch": args.arch, "image_size": size, "batches": batches, "repeats": repeats, "warmup": warmup,
@@ -117,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "forward_gflops_per_image": fwd_gflops, "forwards_per_image": FORWARDS_PER_IMAGE,
         "variants": {v.name: {"channels_last": v.channels_last, "amp": str(v.amp), "compile": v.compile,
                               "fused_kernels": v.fused_kernels} for v in chosen},
-        "results": rows, "kernels": kernels, "targets": targets(rows, kernels, gpu, size),
+        "results": rows, "kernels": kernels, "loaders": loader_rows,
+        "targets": targets(rows, kernels, gpu, size) + loader_targets(loader_rows, gpu),
     }
     print_table(result)
     out = Path(args.out)
@@ -171,6 +182,14 @@ def targets(rows: list[dict], kernels: list[dict], gpu: bool, size: int) -> list
     return out
 
 
+def loader_targets(rows: list[dict], gpu: bool) -> list[dict]:
+    """The data issue's CPU targets: DALI-CPU and FFCV each >= 1.8x the torchvision folder loader."""
+    if gpu:
+        return []
+    return [{"target": f"CPU: {r['backend']} loader >= 1.8x folder (same workers)", "value": r["x_folder"],
+             "met": r["x_folder"] >= 1.8} for r in rows if r.get("backend") in ("dali", "ffcv") and "x_folder" in r]
+
+
 def print_table(result: dict) -> None:
     print(f"\n{'workload':20s} {'variant':13s} {'batch':>5s} {'img/s':>9s} {'ms/batch':>9s} {'peak MiB':>9s} "
           f"{'TFLOP/s':>8s} {'%peak':>6s} {'x research':>10s} {'x eager':>8s}")
@@ -185,6 +204,13 @@ def print_table(result: dict) -> None:
             print(f"{k['kernel']:30s} {k['path']:10s} {k['gb_per_s']:8.1f} {k['percent_of_copy_bandwidth']:9.1f}")
         if result["device"]["kind"] != "gpu":
             print("(Triton kernels are timed on a GPU only: on the CPU they run in the interpreter, a correctness tool)")
+    if result["loaders"]:
+        print(f"\n{'loader':8s} {'img/s':>8s} {'x folder':>9s}")
+        for r in result["loaders"]:
+            if "images_per_sec" in r:
+                print(f"{r['backend']:8s} {r['images_per_sec']:8.1f} {r.get('x_folder', 0):9.2f}")
+            else:
+                print(f"{r['backend']:8s} failed: {r.get('error')}")
     for t in result["targets"]:
         print(f"target {'MET    ' if t['met'] else 'NOT MET'} {t['target']}: {t['value']:.2f}")
 

@@ -36,7 +36,7 @@ def test_every_workload_runs_for_every_variant():
 
 def test_bench_writes_json(tmp_path):
     code = run.main(["--device", "cpu", "--arch", "resnet18", "--size", "16", "--batch", "2", "--repeats", "1",
-                     "--warmup", "1", "--no-compile-on-cpu", "--workloads", "pgd10_attack", "std_train_step",
+                     "--warmup", "1", "--no-compile-on-cpu", "--skip-loaders", "--workloads", "pgd10_attack", "std_train_step",
                      "--out", str(tmp_path)])
     assert code == 0
     (path,) = tmp_path.glob("*.json")
