@@ -173,7 +173,7 @@ def inject_test_fault(step: int, info: RankInfo) -> None:
     if os.environ.get(DIE_AT_STEP) == str(step):
         os._exit(1)
     if os.environ.get(HANG_AT_STEP) == str(step):
-        time.sleep(10**6)
+        time.sleep(3600)  # bounded, so a stray test process cannot outlive a CI run
 
 
 # ----------------------------------------------------------------------------- collectives

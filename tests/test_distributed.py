@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -73,7 +74,17 @@ def torchrun(tmp: Path, args: list[str], nproc: int = 2, env: dict[str, str] | N
            "--max-restarts", str(restarts), "--monitor-interval", "0.5", *target, *args]
     full_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     full_env.update({"OMP_NUM_THREADS": "1", **(env or {})})
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    # Own process group: whatever torchrun leaves behind (a hung rank) is killed with it.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def train_args(out: Path, *extra: str) -> list[str]:
