@@ -98,7 +98,7 @@ SEEDS ?= 0 1 2
 demo-methods: install  ## train + evaluate every method on the demo for each of SEEDS; report in RUNS/methods/report
 	@set -e; for s in $(SEEDS); do for m in $(METHOD_RECIPES); do \
 	  run=$(RUNS)/methods/demo-$$m-s$$s; resume=; test -f $$run/checkpoint.pt && resume=--resume; \
-	  $(BIN)/fastadv train --recipe demo-$$m --out $$run train.seed=$$s train.progress=false $$resume $(ARGS); \
+	  $(BIN)/fastadv train --recipe demo-$$m --out $$run name=demo-$$m-s$$s train.seed=$$s train.progress=false $$resume $(ARGS); \
 	  $(BIN)/fastadv eval $$run --skip-existing --no-progress --set eval.seed=$$s --set eval.temperatures=0.5,2; \
 	done; done
 	$(BIN)/fastadv report $(foreach s,$(SEEDS),$(foreach m,$(METHOD_RECIPES),$(RUNS)/methods/demo-$(m)-s$(s))) --out $(RUNS)/methods/report
