@@ -12,18 +12,19 @@ from fastadv.errors import FastadvError
 OVERRIDE_HELP = "config overrides as section.field=value, e.g. optim.epochs=2 attack.eps=4/255 data.batch_size=128"
 
 
+def _overrides(args: argparse.Namespace, **flags: str) -> list[str]:
+    """The positional / --set overrides plus each given flag as its config field, quoted once."""
+    items = list(args.overrides)
+    items += [f"{field}={getattr(args, flag)}" for flag, field in flags.items() if getattr(args, flag)]
+    return [_quote(item) for item in items]
+
+
 def _train(args: argparse.Namespace) -> None:
     from fastadv.config import load_config
     from fastadv.train import train
 
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={args.data}")
-    if args.out:
-        overrides.append(f"train.out_dir={args.out}")
-    if args.init:
-        overrides.append(f"model.init={args.init}")
-    cfg = load_config(args.recipe, [_quote(o) for o in overrides])
+    overrides = _overrides(args, data="data.path", out="train.out_dir", init="model.init")
+    cfg = load_config(args.recipe, overrides)
     resume = args.resume_from or (cfg.train.out_dir if args.resume else None)
     path = train(cfg, resume=resume)
     print(f"checkpoint: {path}\nlog: {Path(cfg.train.out_dir) / 'train.jsonl'}")
@@ -32,20 +33,14 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from fastadv.evaluate import evaluate
 
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={args.data}")
-    if args.imagenet_c:
-        overrides.append(f"eval.imagenet_c={args.imagenet_c}")
-    if args.real:
-        overrides.append(f"eval.real_labels={args.real}")
+    overrides = _overrides(args, data="data.path", imagenet_c="eval.imagenet_c", real="eval.real_labels")
     if args.out and len(args.runs) > 1:
         raise FastadvError("--out names one folder; with several runs leave it out (each run writes <run>/eval)")
     for run in args.runs:
-        if args.skip_existing and _evaluated(run, args.out, [_quote(o) for o in overrides]):
+        if args.skip_existing and _evaluated(run, args.out, overrides):
             print(f"{run}: already evaluated (eval.json newer than the checkpoint, same request), skipped")
             continue
-        out = evaluate(run, args.out, [_quote(o) for o in overrides], progress=not args.no_progress)
+        out = evaluate(run, args.out, overrides, progress=not args.no_progress)
         print(f"predictions and eval.json: {out}")
 
 
