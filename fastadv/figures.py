@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fastadv.predictions import atomic_write
+from fastadv.fileio import atomic_write
 
 CLASSWISE = "classwise_error.png"
 IMAGENET_C = "imagenet_c_error.png"

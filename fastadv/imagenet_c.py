@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from fastadv.data.loader import mix
 from fastadv.errors import FastadvError
+from fastadv.fileio import atomic_write_bytes
 from fastadv.metrics import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
 
 log = logging.getLogger("fastadv.imagenet_c")
@@ -128,13 +129,6 @@ def _check_manifest(cache: Path, manifest: dict[str, Any]) -> None:
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _generate_one(task: tuple) -> str | None:
     """Write every missing (corruption, severity) version of one image; the error text if it fails."""
     src, wnid, name, cache, corruptions, severities, seed, image_size, resize = task
@@ -147,7 +141,7 @@ def _generate_one(task: tuple) -> str | None:
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         return f"{src}: {type(e).__name__}: {e}"
     for c, s, path in todo:
-        _write_atomic(path, jpeg_bytes(corrupt_image(clean, c, s, corruption_seed(seed, name, c, s))))
+        atomic_write_bytes(path, jpeg_bytes(corrupt_image(clean, c, s, corruption_seed(seed, name, c, s))))
     return None
 
 

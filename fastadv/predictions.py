@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 import numpy as np
 
 from fastadv.errors import FastadvError
+from fastadv.fileio import atomic_write
 
 COLUMNS = ("file_name", "predicted_class", "predicted_probability", "true_class")
 REQUIRED = COLUMNS[:3]
@@ -35,24 +34,6 @@ class Predictions:
 
     def __len__(self) -> int:
         return len(self.file_names)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], object], mode: str = "w") -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, then rename it into place.
-
-    Readers never see a half-written file, and a crash leaves any old file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        kwargs = {"newline": "", "encoding": "utf-8"} if "b" not in mode else {}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_predictions(
