@@ -125,7 +125,7 @@ def make_setup(variant: Variant, arch: str, num_classes: int, num_aux: int, batc
 def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: torch.device) -> Callable[[], object]:
     """A zero-argument callable running one batch of `name` for `variant`."""
     num_aux = s.model.num_aux
-    train_attack = PGD(eps=EPS, steps=TRAIN_STEPS, num_classes=num_classes, head="all")
+    train_attack = PGD(eps=EPS, steps=TRAIN_STEPS, alpha_ratio=0.25, num_classes=num_classes, head="all")
     eval_attack = PGD(eps=EPS, steps=EVAL_STEPS, alpha=2.5 * EPS / EVAL_STEPS, num_classes=num_classes, head="k")
     if variant.name == "research":
         soft = label_augmented_target(s.y, num_classes, num_aux, 0, DELTA).float() if num_aux else None

@@ -15,7 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from fastadv.attacks import HEADS
 from fastadv.errors import FastadvError
+from fastadv.methods.registry import method_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,7 +70,7 @@ class AttackConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "adv-plus"  # std | adv | adv-plus | trades | cfa-at | cfa-trades | adv-plus-cfa
+    name: str = "adv-plus"  # a registered method: `fastadv recipes` lists them (fastadv.methods.registry)
     delta: float = 0.03  # label-augmentation weight of the op label (adv-plus)
     op_index: int = 0  # which of the M op labels marks an adversarial example
     clean_fraction: float = 0.0  # share of each batch trained clean with the plain label
@@ -158,13 +160,11 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
-METHOD_NAMES = ("std", "adv", "adv-plus", "trades", "cfa-at", "cfa-trades", "adv-plus-cfa")
 BACKENDS = ("auto", "dali", "ffcv", "folder", "demo")
 DALI_DEVICES = ("auto", "cpu", "gpu")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_CHOICES = ("auto", "true", "false")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-ATTACK_HEADS = ("all", "k")
 LR_SCALING = ("none", "linear", "sqrt")
 
 
@@ -329,13 +329,13 @@ def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
 def validate(cfg: Config) -> None:
     """Reject bad values before anything runs, naming the field and the fix."""
     m, d, a, me, o, t, e = cfg.model, cfg.data, cfg.attack, cfg.method, cfg.optim, cfg.train, cfg.eval
-    _choice("method.name", me.name, METHOD_NAMES)
+    spec = method_spec(me.name)
     _choice("data.backend", d.backend, BACKENDS)
     _choice("train.amp", t.amp, AMP_MODES)
     _choice("train.compile", t.compile, COMPILE_CHOICES)
     _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
-    _choice("attack.head", a.head, ATTACK_HEADS)
-    if me.name != "std":
+    _choice("attack.head", a.head, tuple(HEADS))
+    if spec.adversarial:
         check_eps("attack.eps", a.eps)
     check_eps("eval.eps", e.eps)
     parse_temperatures(e.temperatures)
@@ -358,10 +358,9 @@ def validate(cfg: Config) -> None:
     c = cfg.cfa
     if not 0 <= c.fawa_decay < 1 or not 0 <= c.fawa_threshold <= 1 or c.warmup_epochs < 0 or c.fawa_steps < 1:
         raise FastadvError("cfa: need 0 <= fawa_decay < 1, 0 <= fawa_threshold <= 1, warmup_epochs >= 0, fawa_steps >= 1")
-    if me.name.startswith("cfa") or me.name.endswith("cfa"):
-        if c.fawa and t.holdout_per_class <= 0:
-            raise FastadvError("cfa.fawa=true needs a held-out split: set train.holdout_per_class (CFA uses 0.02)")
-    if me.name in ("adv-plus", "adv-plus-cfa"):
+    for check in spec.checks:
+        check(cfg)
+    if spec.label_augmented:
         if m.num_aux < 1:
             raise FastadvError(f"method.name={me.name} needs model.num_aux >= 1 (the extra 'adv' label)")
         if not 0 <= me.op_index < m.num_aux:

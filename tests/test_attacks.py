@@ -90,14 +90,14 @@ def test_attack_restores_mode_and_leaves_batchnorm_and_weights_alone(setup):
     model.train()
     model.bn.running_mean.uniform_()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    PGD(eps=0.03, steps=3, num_classes=5)(model, x, y)
+    PGD(eps=0.03, steps=3, alpha_ratio=0.25, num_classes=5)(model, x, y)
     assert model.training
     assert all(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters())  # input gradient only
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     model.eval()
-    PGD(eps=0.03, steps=2, num_classes=5)(model, x, y)
+    PGD(eps=0.03, steps=2, alpha_ratio=0.25, num_classes=5)(model, x, y)
     assert not model.training
 
 

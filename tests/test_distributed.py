@@ -40,9 +40,9 @@ TORCHRUN_TIMEOUT = 240
 LAUNCHER = f"""
 import sys
 sys.path.insert(0, {str(HERE)!r})
-import fastadv.train
+import fastadv.train.loop
 from test_distributed import without_batchnorm
-fastadv.train.build_model = without_batchnorm(fastadv.train.build_model)
+fastadv.train.loop.build_model = without_batchnorm(fastadv.train.loop.build_model)
 from fastadv.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -119,7 +119,7 @@ def single_run(work) -> Path:
     """One process, global batch 8, no BatchNorm."""
     out = work / "single"
     mp = pytest.MonkeyPatch()
-    mp.setattr("fastadv.train.build_model", without_batchnorm(shipped_build_model))
+    mp.setattr("fastadv.train.loop.build_model", without_batchnorm(shipped_build_model))
     try:
         train(load_config("demo-adv-plus", TINY + [GLOBAL, f"train.out_dir={out}"]))
     finally:
@@ -170,7 +170,7 @@ def test_resume_from_two_processes_to_one(work, died_run, single_run, monkeypatc
     the one-process run ends: same data order by global sample, same schedule."""
     out = work / "two-to-one"
     shutil.copytree(died_run[0], out)
-    monkeypatch.setattr("fastadv.train.build_model", without_batchnorm(shipped_build_model))
+    monkeypatch.setattr("fastadv.train.loop.build_model", without_batchnorm(shipped_build_model))
     resumed = train(load_config("demo-adv-plus", TINY + [GLOBAL, f"train.out_dir={out}"]), resume=out)
     assert_close_weights(single_run, resumed)
     event = next(r for r in log_lines(out) if r["event"] == "resume")

@@ -1,32 +1,26 @@
 """Training objectives behind one interface: `loss, stats = method(model, x, y)`.
 
-The Trainer never knows which method runs; a new objective is a new file here plus one
-line in METHODS.
+The Trainer never knows which method runs: it builds one through the registry
+(fastadv.methods.registry) and calls every hook of `MethodBase` unconditionally. A new
+objective is a new file here plus one `MethodSpec` line in registry.py. Importing this
+package loads no torch; the method classes load with their spec's factory.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+from typing import Any
 
-from fastadv.config import Config
-from fastadv.methods.adversarial import AdversarialTraining
-from fastadv.methods.base import EpochContext, Method
-from fastadv.methods.cfa import ClassWiseCalibration
-from fastadv.methods.standard import StandardTraining
-from fastadv.methods.trades import Trades
+from fastadv.methods.registry import MethodSpec, build_method, method_names, method_spec, register_method
 
-__all__ = ["METHODS", "EpochContext", "Method", "build_method"]
-
-METHODS: dict[str, Callable[[Config], Method]] = {
-    "std": StandardTraining.from_config,
-    "adv": AdversarialTraining.from_config,
-    "adv-plus": AdversarialTraining.from_config,
-    "trades": Trades.from_config,
-    "cfa-at": ClassWiseCalibration.from_config,
-    "cfa-trades": ClassWiseCalibration.from_config,
-    "adv-plus-cfa": ClassWiseCalibration.from_config,
-}
+__all__ = ["EpochContext", "Method", "MethodBase", "MethodSpec", "build_method", "method_names", "method_spec",
+           "register_method"]
 
 
-def build_method(cfg: Config) -> Method:
-    return METHODS[cfg.method.name](cfg)
+def __getattr__(name: str) -> Any:
+    """EpochContext / Method / MethodBase load torch: import them on first use (PEP 562)."""
+    if name in ("EpochContext", "Method", "MethodBase"):
+        value = getattr(importlib.import_module("fastadv.methods.base"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastadv.methods' has no attribute {name!r}")

@@ -11,13 +11,15 @@ import torch
 from torch import nn
 
 from fastadv import kernels
-from fastadv.attacks import PGD
+from fastadv.attacks import PGD, training_attack
 from fastadv.config import Config
+from fastadv.methods.base import MethodBase
+from fastadv.methods.registry import MethodSpec, method_spec
 from fastadv.models import predict_k
 
 
 @dataclass
-class AdversarialTraining:
+class AdversarialTraining(MethodBase):
     attack: PGD
     num_classes: int
     delta: float = 0.0  # 0 = Adv (plain label); > 0 = Adv+
@@ -25,17 +27,13 @@ class AdversarialTraining:
     clean_fraction: float = 0.0  # the first round(f * B) samples are trained clean, plain label
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "AdversarialTraining":
-        a = cfg.attack
-        attack = PGD(
-            eps=a.eps, steps=a.steps, alpha=a.alpha, random_start=a.random_start,
-            num_classes=cfg.model.num_classes, head=a.head, temperature=a.temperature,
-        )
-        label_augmented = cfg.method.name in ("adv-plus", "adv-plus-cfa")
+    def from_config(cls, cfg: Config, spec: MethodSpec | None = None) -> "AdversarialTraining":
+        """Adv, or Adv+ when the spec is label-augmented (then the target carries method.delta)."""
+        spec = spec or method_spec(cfg.method.name)
         return cls(
-            attack=attack,
+            attack=training_attack(cfg.attack, cfg.model.num_classes),
             num_classes=cfg.model.num_classes,
-            delta=cfg.method.delta if label_augmented else 0.0,
+            delta=cfg.method.delta if spec.label_augmented else 0.0,
             op_index=cfg.method.op_index,
             clean_fraction=cfg.method.clean_fraction,
         )

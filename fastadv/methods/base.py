@@ -1,4 +1,4 @@
-"""The method interface and what the Trainer hands to a method at each epoch end."""
+"""The method interface, its no-op hooks, and what the Trainer hands to a method at each epoch end."""
 
 from __future__ import annotations
 
@@ -10,15 +10,33 @@ from torch import nn
 
 
 class Method(Protocol):
-    """`loss, stats = method(model, x, y)`; stats are 0-d tensors (logged) or per-sample tensors.
-
-    Optional hooks, used when a method has them (the Trainer never checks which method runs):
-    - on_epoch_end(ctx: EpochContext) -> dict: epoch-end work; the dict is logged (JSONL).
-    - state_dict() / load_state_dict(state): method state saved in every checkpoint.
-    - eval_weights() -> state dict | None: weights evaluation should use (e.g. an average).
-    """
+    """`loss, stats = method(model, x, y)`; stats are 0-d tensors (logged) or per-sample tensors."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+class MethodBase:
+    """Base class of every method: the hooks the Trainer calls unconditionally, as no-ops.
+
+    - on_epoch_end(ctx) -> dict: epoch-end work (e.g. CFA's calibration); a non-empty dict is logged.
+    - state_dict() / load_state_dict(state): method state saved in every checkpoint (None: stateless).
+    - eval_weights() -> state dict | None: weights evaluation should use (e.g. a weight average).
+    """
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def on_epoch_end(self, ctx: EpochContext) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    def eval_weights(self) -> dict[str, torch.Tensor] | None:
+        return None
 
 
 @dataclass

@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from fastadv.attacks import PGD
+from fastadv.attacks.linf import TRAIN_ALPHA_RATIO
 from fastadv.config import Config
 from fastadv.methods.adversarial import AdversarialTraining
-from fastadv.methods.base import EpochContext
+from fastadv.methods.base import EpochContext, MethodBase
+from fastadv.methods.registry import MethodSpec, method_spec
 from fastadv.methods.trades import Trades
 from fastadv.models import predict_k
 from fastadv.runtime import autocast
@@ -74,7 +76,7 @@ def classwise_accuracy(model: nn.Module, batches, attack: PGD | None, num_classe
 
 
 @dataclass
-class ClassWiseCalibration:
+class ClassWiseCalibration(MethodBase):
     inner: AdversarialTraining | Trades
     num_classes: int
     eps: float
@@ -97,9 +99,10 @@ class ClassWiseCalibration:
     average: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "ClassWiseCalibration":
-        name, c = cfg.method.name, cfg.cfa
-        inner = Trades.from_config(cfg) if name == "cfa-trades" else AdversarialTraining.from_config(cfg)
+    def from_config(cls, cfg: Config, spec: MethodSpec | None = None) -> "ClassWiseCalibration":
+        """Wraps the registered method named by spec.inner (adv, adv-plus or trades) and calibrates it."""
+        spec, c = spec or method_spec(cfg.method.name), cfg.cfa
+        inner = method_spec(spec.inner).build(cfg)
         return cls(inner=inner, num_classes=cfg.model.num_classes, eps=cfg.attack.eps, beta=cfg.method.beta,
                    ccm=c.ccm, ccr=c.ccr and isinstance(inner, Trades), fawa=c.fawa, lambda1=c.lambda1,
                    lambda2=c.lambda2, warmup_epochs=c.warmup_epochs, fawa_threshold=c.fawa_threshold,
@@ -154,7 +157,8 @@ class ClassWiseCalibration:
         return record
 
     def _fawa(self, ctx: EpochContext) -> dict[str, Any]:
-        attack = PGD(eps=self.eps, steps=self.fawa_steps, num_classes=self.num_classes, head="k")
+        attack = PGD(eps=self.eps, steps=self.fawa_steps, num_classes=self.num_classes, alpha_ratio=TRAIN_ALPHA_RATIO,
+                     head="k")
         clean = classwise_accuracy(ctx.run_model, ctx.holdout(), None, self.num_classes, ctx.device, ctx.amp, ctx.all_reduce)
         robust = classwise_accuracy(ctx.run_model, ctx.holdout(), attack, self.num_classes, ctx.device, ctx.amp,
                                     ctx.all_reduce)

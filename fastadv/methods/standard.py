@@ -9,15 +9,17 @@ from torch import nn
 
 from fastadv import kernels
 from fastadv.config import Config
+from fastadv.methods.base import MethodBase
+from fastadv.methods.registry import MethodSpec
 from fastadv.models import predict_k
 
 
 @dataclass
-class StandardTraining:
+class StandardTraining(MethodBase):
     num_classes: int
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "StandardTraining":
+    def from_config(cls, cfg: Config, spec: MethodSpec | None = None) -> "StandardTraining":
         return cls(num_classes=cfg.model.num_classes)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -13,7 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastadv.attacks import trades_kl_attack
+from fastadv.attacks.linf import TRAIN_ALPHA_RATIO
 from fastadv.config import Config
+from fastadv.methods.base import MethodBase
+from fastadv.methods.registry import MethodSpec
 from fastadv.models import predict_k
 
 
@@ -32,20 +35,26 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
 
 
 @dataclass
-class Trades:
+class Trades(MethodBase):
     eps: float
     steps: int
     num_classes: int
     beta: float = 6.0
-    alpha: float = 0.0  # 0 = alpha_ratio * eps (per sample when eps is per sample)
-    alpha_ratio: float = 0.25
+    alpha: float | None = None  # the attack's step, or (exactly one of the two)
+    alpha_ratio: float | None = None  # step = alpha_ratio * eps (per sample when eps is per sample)
     init_std: float = 0.001
 
+    def __post_init__(self) -> None:
+        if (self.alpha is None) == (self.alpha_ratio is None):
+            raise ValueError("Trades: give exactly one of alpha and alpha_ratio")
+
     @classmethod
-    def from_config(cls, cfg: Config) -> "Trades":
+    def from_config(cls, cfg: Config, spec: MethodSpec | None = None) -> "Trades":
+        """attack.alpha = 0 means the documented eps / 4 (fastadv.attacks.training_attack's rule)."""
         a, m = cfg.attack, cfg.method
-        return cls(eps=a.eps, steps=a.steps, num_classes=cfg.model.num_classes, beta=m.beta, alpha=a.alpha,
-                   init_std=m.trades_init_std)
+        step = {"alpha": a.alpha} if a.alpha > 0 else {"alpha_ratio": TRAIN_ALPHA_RATIO}
+        return cls(eps=a.eps, steps=a.steps, num_classes=cfg.model.num_classes, beta=m.beta,
+                   init_std=m.trades_init_std, **step)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.compute(model, x, y)
@@ -54,7 +63,7 @@ class Trades:
                 beta: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-sample eps [B] (CCM) and per-sample beta [B] (CCR: also normalizes by 1 + beta_y)."""
         eps_used = self.eps if eps is None else eps
-        alpha = self.alpha if self.alpha > 0 else eps_used * self.alpha_ratio
+        alpha = self.alpha if self.alpha is not None else eps_used * self.alpha_ratio
         x_adv = trades_kl_attack(model, x, eps=eps_used, alpha=alpha, steps=self.steps,
                                  num_classes=self.num_classes, init_std=self.init_std)
         clean, adv = model(x), model(x_adv)  # two passes, as TRADES' code: BatchNorm sees each batch alone

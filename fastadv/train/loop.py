@@ -1,9 +1,8 @@
-"""The one Trainer: SGD + cosine schedule, AMP, channels_last, compile, checkpoints, JSONL log.
+"""The Trainer: for each batch, `loss, stats = method(model, x, y)` and one optimizer step.
 
-It reads like the algorithm: for each batch, `loss, stats = method(model, x, y)`, one
-optimizer step. The method (std / adv / adv-plus / ...) is opaque to it. Resume is exact
-on the CPU: the sampler and the augmentation are pure functions of (seed, epoch, index),
-and the RNG state that attacks draw from is saved in every checkpoint.
+The method (std / adv / adv-plus / ...) is opaque to it: it is built through the registry
+and its hooks (fastadv.methods.MethodBase) are called unconditionally. What a checkpoint
+holds lives in TrainState (state.py), the learning rate in schedule.py, the log in runlog.py.
 
 Under torchrun (fastadv.distributed) the same loop runs on every rank with DDP: each rank
 reads its shard of every global batch (data.batch_size per rank), rank 0 logs and writes the
@@ -12,10 +11,7 @@ checkpoint, which holds every rank's RNG state and the epoch position in global 
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,87 +19,18 @@ import torch
 from tqdm import tqdm
 
 from fastadv import distributed
-from fastadv.checkpoint import CHECKPOINT_NAME, check_compatible, fingerprint, load_checkpoint, save_checkpoint
+from fastadv.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fastadv.config import Config, to_toml
-from fastadv.data import build_dataset, build_loader, mix
+from fastadv.data import build_dataset, build_loader
 from fastadv.data.subset import IndexSubset, stratified_holdout
 from fastadv.errors import FastadvError, NonFiniteLossError
 from fastadv.methods import EpochContext, build_method
 from fastadv.models import build_model, predict_k
 from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
-
-
-def cosine_lr(step: int, total_steps: int, base_lr: float, min_ratio: float, warmup_steps: int = 0) -> float:
-    """Linear warm-up, then cosine annealing from base_lr to base_lr * min_ratio (per step)."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    floor = base_lr * min_ratio
-    return floor + 0.5 * (base_lr - floor) * (1 + math.cos(math.pi * progress))
-
-
-def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: torch.dtype | None,
-               where: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step of `method` (attack included); refuses a NaN/inf loss before the update.
-
-    Shared by the Trainer and the benchmark, so `make bench` times exactly this code.
-    """
-    model.train()
-    with autocast(device, amp):
-        loss, stats = method(model, x, y)
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"the loss became {loss.item()}{where}; training stopped before the update")
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss, stats
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """The RNG state the attacks draw from: the CPU generator and the run's GPU."""
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    cuda = state.get("cuda")
-    if cuda is not None and device.type == "cuda":
-        if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible GPU
-            index = device.index or 0
-            cuda = cuda[index] if index < len(cuda) else None
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda, device)
-
-
-class JsonlLog:
-    """Append-only JSON lines; every line is flushed so a killed run keeps its log."""
-
-    def __init__(self, path: Path, enabled: bool = True) -> None:
-        self.path, self.enabled = path, enabled  # enabled on rank 0 only
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    step: int = 0
-    skipped_images: int = 0
+from fastadv.train.runlog import JsonlLog
+from fastadv.train.schedule import cosine_lr
+from fastadv.train.state import Progress, TrainState
+from fastadv.train.step import train_step
 
 
 class Trainer:
@@ -139,9 +66,9 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.method = build_method(cfg)
-        self.progress = Progress()
         self.global_batch = cfg.data.batch_size * world  # data.batch_size is per rank
+        self.state = TrainState(cfg, self.model, self.optimizer, self.scaler, build_method(cfg), self.dist,
+                                self.device, self.global_batch)
         self.base_lr = o.lr * distributed.lr_factor(cfg.train.lr_scaling, world)
         self.steps_per_epoch = len(self.train_set) // self.global_batch
         if self.steps_per_epoch < 1:
@@ -164,33 +91,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     @property
+    def method(self):
+        return self.state.method
+
+    @property
+    def progress(self) -> Progress:
+        return self.state.progress
+
+    @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
 
     def save(self) -> None:
-        """Rank 0 writes; every rank must call it (its RNG state and rank-local method state are gathered)."""
-        method_state = self.method.state_dict() if hasattr(self.method, "state_dict") else None
-        eval_weights = self.method.eval_weights() if hasattr(self.method, "eval_weights") else None
-        method_local = distributed.gather_rank_local(method_state)
-        rngs = distributed.gather_objects(rng_state(self.device))
-        if not self.dist.is_main:
-            return
-        p = self.progress
-        progress = {**vars(p), "samples_in_epoch": p.batch_in_epoch * self.global_batch,
-                    "global_batch": self.global_batch, "world_size": self.dist.world_size}
-        extra = {"rng_per_rank": rngs, "method_rank_local": method_local} if self.dist.active else {}
-        save_checkpoint(self.checkpoint_path, {
-            "method": method_state,
-            "eval_model": eval_weights,
-            "config": self.cfg.to_dict(),
-            "fingerprint": fingerprint(self.cfg),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "progress": progress,
-            "rng": rngs[0],
-            **extra,
-        })
+        """Write the checkpoint (every rank calls it: TrainState.save gathers rank-local state)."""
+        self.state.save(self.checkpoint_path)
 
     def _auto_resume(self) -> Path | None:
         """The run folder when train.auto_resume or a torchrun restart asks for it and it holds a checkpoint."""
@@ -200,42 +114,8 @@ class Trainer:
         return self.out_dir if found else None
 
     def _resume(self, path: str | Path) -> None:
-        """Model, optimizer, progress, method state and RNG; the epoch position moves in global samples.
-
-        Same global batch: the same batches follow (exact). Another global batch: the position
-        is rounded down to a whole new global batch (at most one global batch is seen twice) and
-        the step counter (hence the lr schedule) is recomputed from it. RNG and rank-local method
-        state: rank r takes saved rank r's; a rank the checkpoint lacks starts a fresh seeded
-        stream, and at another world size every rank takes rank 0's method state.
-        """
-        ckpt = load_checkpoint(path)
-        check_compatible(ckpt, self.cfg, path)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        saved = dict(ckpt["progress"])
-        saved_world = saved.pop("world_size", 1)
-        saved_batch = saved.pop("global_batch", 0) or ckpt["config"]["data"]["batch_size"]
-        samples = saved.pop("samples_in_epoch", saved["batch_in_epoch"] * saved_batch)
-        self.progress = p = Progress(**saved)
-        if saved_batch != self.global_batch:
-            p.batch_in_epoch = samples // self.global_batch
-            p.step = p.epoch * self.steps_per_epoch + p.batch_in_epoch
-        rank, world = self.dist.rank, self.dist.world_size
-        state = ckpt.get("method")
-        if state is not None and hasattr(self.method, "load_state_dict"):
-            local = ckpt.get("method_rank_local") or {}
-            if saved_world == world:
-                state = {**state, **{k: v[rank] for k, v in local.items()}}
-            self.method.load_state_dict(state)
-        rngs = ckpt.get("rng_per_rank") or [ckpt["rng"]]
-        if rank < len(rngs):
-            set_rng_state(rngs[rank], self.device)
-        else:
-            torch.manual_seed(mix(self.cfg.train.seed, rank, p.epoch, p.step))
-        self.resumed = {"event": "resume", "step": p.step, "epoch": p.epoch, "samples_in_epoch": samples,
-                        "world_size": world, "global_batch": self.global_batch,
-                        "from_world_size": saved_world, "from_global_batch": saved_batch}
+        """Restore the TrainState from a checkpoint file or run folder (see TrainState.restore)."""
+        self.resumed = self.state.restore(load_checkpoint(path), path, self.steps_per_epoch)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
@@ -275,14 +155,11 @@ class Trainer:
         return self.checkpoint_path
 
     def _method_epoch_end(self) -> None:
-        """The method's optional epoch-end hook (e.g. CFA's calibration and FAWA); its record is logged."""
-        hook = getattr(self.method, "on_epoch_end", None)
-        if hook is None:
-            return
+        """The method's epoch-end hook (e.g. CFA's calibration and FAWA); a non-empty record is logged."""
         holdout = self._holdout_batches if self.holdout_set is not None else None
         ctx = EpochContext(epoch=self.progress.epoch, model=self.model, run_model=self.attack_model,
                            device=self.device, amp=self.amp, holdout=holdout, all_reduce=distributed.all_reduce_sum)
-        record = hook(ctx)
+        record = self.method.on_epoch_end(ctx)
         self.model.train()
         if record:
             self.log.write({"event": "method_epoch_end", "epoch": self.progress.epoch, **record})

@@ -1,0 +1,197 @@
+"""The one l_inf attack loop and the attacks built on it (PGD, FGSM, Temperature-PGD, TRADES' KL).
+
+See the package docstring for the calling convention. Step sizes are always explicit:
+a PGD is given either `alpha` (the step) or `alpha_ratio` (step = alpha_ratio * eps, per
+sample when eps is per sample); nothing is defaulted silently. The config's documented
+shorthand `attack.alpha = 0` (step eps / 4, REFERENCE.md §2) is resolved in one place,
+`training_attack`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastadv import kernels
+from fastadv.attacks import HEADS
+from fastadv.config import AttackConfig, check_eps
+from fastadv.errors import FastadvError
+
+TRAIN_ALPHA_RATIO = 0.25  # attack.alpha = 0 in a recipe: the training PGD steps eps / 4 (REFERENCE.md §2)
+
+Eps = float | torch.Tensor  # a scalar, or one eps per sample ([B], class-wise methods)
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters for the duration of an attack, restored afterwards."""
+    was_training = model.training
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
+
+
+def attack_view(model: nn.Module) -> nn.Module:
+    """The module an attack calls: `model.attack_model` when the training model carries one
+    (the DDP wrapper does, fastadv.distributed.wrap_model: the attack's frozen-parameter
+    forwards must bypass DDP's gradient synchronization), else `model` itself."""
+    return getattr(model, "attack_model", model)
+
+
+def check_attack_args(eps: Eps, alpha: Eps, steps: int) -> None:
+    """Clear errors for the usual mistakes (eps = 8 instead of 8/255, steps = 0, alpha <= 0)."""
+    if isinstance(eps, torch.Tensor):
+        if eps.numel() and (eps.max() > 1 or eps.min() < 0):
+            raise FastadvError(f"per-sample eps must lie in [0, 1] (pixel units); got range [{eps.min():g}, {eps.max():g}]")
+    else:
+        check_eps("eps", float(eps))
+    if steps < 1:
+        raise FastadvError(f"steps={steps} must be >= 1")
+    bad_alpha = (alpha < 0).any() if isinstance(alpha, torch.Tensor) else alpha <= 0  # per-sample eps may be 0
+    if bad_alpha:
+        raise FastadvError("alpha (the PGD step size) must be > 0")
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, num_classes: int, head: str, temperature: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy the attack maximizes: over the K class logits or over all K+M logits.
+
+    temperature != 1 divides the logits first (Temperature-PGD, REFERENCE.md §7).
+    """
+    if head == "k":
+        logits = logits[:, :num_classes]
+    if temperature != 1.0:
+        logits = logits / temperature
+    return kernels.label_augmented_ce(logits, y, num_classes)
+
+
+def linf_attack(model: nn.Module, x: torch.Tensor, start: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+                *, alpha: Eps, eps: Eps, steps: int) -> torch.Tensor:
+    """`steps` signed-gradient ascent steps on loss_fn(model(x_adv)) from `start`, each projected to
+    the eps-ball around x and to [0, 1] by the fused update. The caller holds `attack_mode`."""
+    x_adv = start
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(model(x_adv)), x_adv)
+        x_adv = kernels.pgd_update(x_adv.detach(), x, grad, alpha, eps)
+    return x_adv.detach()
+
+
+def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, alpha: Eps, steps: int,
+             num_classes: int, random_start: bool = True, head: str = "all", temperature: float = 1.0) -> torch.Tensor:
+    """PGD l_inf (torchattacks convention): random start, mean CE, last iterate, [0,1] box."""
+    x = x.detach()
+    model = attack_view(model)
+    with attack_mode(model):
+        start = kernels.random_start(x, eps) if random_start else x.clone()
+        return linf_attack(model, x, start, lambda logits: attack_loss(logits, y, num_classes, head, temperature),
+                           alpha=alpha, eps=eps, steps=steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PGD:
+    """Projected gradient descent in the l_inf ball, last iterate returned.
+
+    eps: scalar, or per-sample eps passed at call time. The step: `alpha`, or `alpha_ratio`
+    (alpha = alpha_ratio * eps, per sample); exactly one of the two. head: "k" attacks the
+    K-class head, "all" the K+M logits of a label-augmented model (identical when M = 0).
+    temperature != 1: Temperature-PGD.
+    """
+
+    eps: float
+    steps: int
+    num_classes: int
+    alpha: float | None = None
+    alpha_ratio: float | None = None
+    random_start: bool = True
+    head: str = "all"
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_eps("eps", float(self.eps))
+        if self.steps < 1:
+            raise FastadvError(f"steps={self.steps} must be >= 1")
+        if (self.alpha is None) == (self.alpha_ratio is None):
+            raise FastadvError("give the PGD step size as exactly one of alpha (e.g. 2/255) or alpha_ratio "
+                               "(step = alpha_ratio * eps, e.g. 0.25)")
+        if (self.alpha is not None and self.alpha <= 0) or (self.alpha_ratio is not None and self.alpha_ratio <= 0):
+            raise FastadvError(f"alpha={self.alpha}, alpha_ratio={self.alpha_ratio}: the PGD step size must be > 0")
+        if self.head not in HEADS:
+            raise FastadvError(f"attack head {self.head!r} must be one of {tuple(HEADS)}")
+        if self.temperature <= 0:
+            raise FastadvError(f"temperature={self.temperature:g} must be > 0")
+
+    def step_size(self, eps: Eps) -> Eps:
+        return self.alpha if self.alpha is not None else eps * self.alpha_ratio
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        eps_used: Eps = self.eps if eps is None else eps
+        if isinstance(eps_used, torch.Tensor):
+            check_attack_args(eps_used, self.step_size(eps_used), self.steps)
+        return pgd_linf(model, x, y, eps=eps_used, alpha=self.step_size(eps_used), steps=self.steps,
+                        random_start=self.random_start, num_classes=self.num_classes, head=self.head,
+                        temperature=self.temperature)
+
+
+def FGSM(*, eps: float, num_classes: int, random_start: bool = False, head: str = "all") -> PGD:  # noqa: N802
+    """FGSM: one step of size eps, or 1.25 eps from a random start ("fast is better than free")."""
+    return PGD(eps=eps, steps=1, num_classes=num_classes, alpha_ratio=1.25 if random_start else 1.0,
+               random_start=random_start, head=head)
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, num_classes: int,
+         random_start: bool = False, head: str = "all") -> torch.Tensor:
+    """FGSM on (x, y) with a scalar or per-sample eps (see FGSM)."""
+    alpha = eps * 1.25 if random_start else eps
+    return pgd_linf(model, x, y, eps=eps, alpha=alpha, steps=1, random_start=random_start, num_classes=num_classes,
+                    head=head)
+
+
+def training_attack(a: AttackConfig, num_classes: int) -> PGD:
+    """The [attack] section as a PGD; attack.alpha = 0 means the documented eps / 4."""
+    step = {"alpha": a.alpha} if a.alpha > 0 else {"alpha_ratio": TRAIN_ALPHA_RATIO}
+    return PGD(eps=a.eps, steps=a.steps, num_classes=num_classes, random_start=a.random_start, head=a.head,
+               temperature=a.temperature, **step)
+
+
+def trades_kl_attack(model: nn.Module, x: torch.Tensor, *, eps: Eps, alpha: Eps, steps: int, num_classes: int,
+                     init_std: float = 0.001) -> torch.Tensor:
+    """TRADES' inner maximization: PGD on KL(f(x) || f(x')) (sum-reduced) over the K class logits,
+    starting at x + N(0, init_std^2) (Zhang et al. 2019, their reference code)."""
+    x = x.detach()
+    model = attack_view(model)
+    with attack_mode(model):
+        with torch.no_grad():
+            p_clean = torch.softmax(model(x)[:, :num_classes].float(), dim=1)
+        start = x + init_std * torch.randn(x.shape, dtype=x.dtype, device=x.device)
+
+        def kl(logits: torch.Tensor) -> torch.Tensor:
+            log_p_adv = torch.log_softmax(logits[:, :num_classes].float(), dim=1)
+            return torch.nn.functional.kl_div(log_p_adv, p_clean, reduction="sum")
+
+        return linf_attack(model, x, start, kl, alpha=alpha, eps=eps, steps=steps)
+
+
+class BoundAttack:
+    """torchattacks-style: the model bound at construction, `x_adv = atk(x, y)`."""
+
+    def __init__(self, attack: PGD, model: nn.Module) -> None:
+        self.attack, self.model = attack, model
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.attack(self.model, x, y)
+
+
+def bound(attack: PGD, model: nn.Module) -> BoundAttack:
+    """`atk = bound(PGD(eps=..., ...), model)`; then `atk(x, y)`, as torchattacks users write it."""
+    return BoundAttack(attack, model)
