@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "fastadv"
 MAX_MODULE_LINES = 400
 
@@ -110,19 +108,12 @@ def test_only_the_dispatcher_knows_every_backend() -> None:
         assert not graph[module] - bottom - {"fastadv.data.ffcv_write"}, (module, graph[module])
 
 
-def _long_modules() -> dict[str, int]:
-    lengths = {str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines()) for p in sorted(PACKAGE.rglob("*.py"))}
-    return {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES}
+def _module_lengths() -> dict[str, int]:
+    return {str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines()) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def test_data_modules_are_small() -> None:
-    assert not {k: v for k, v in _long_modules().items() if k.startswith("fastadv/data/")}
-
-
-# Modules over the limit today, all outside fastadv/data (being split by the lead, issue #12).
-_KNOWN_LONG = ("fastadv/config.py",)
-
-
-@pytest.mark.xfail(strict=False, reason=f"over {MAX_MODULE_LINES} lines: {', '.join(_KNOWN_LONG)} (being split, #12)")
 def test_no_module_is_over_400_lines() -> None:
-    assert not _long_modules(), f"modules over {MAX_MODULE_LINES} lines: {_long_modules()}"
+    lengths = _module_lengths()
+    assert len(lengths) > 20, "the package was not found"
+    long = {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them): {long}"
