@@ -117,3 +117,12 @@ def test_no_module_is_over_400_lines() -> None:
     assert len(lengths) > 20, "the package was not found"
     long = {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES}
     assert not long, f"modules over {MAX_MODULE_LINES} lines (split them): {long}"
+
+
+def test_data_package_keeps_its_public_names() -> None:
+    import fastadv.data as data
+
+    expected = {"Batch", "DigitsDataset", "EpochSampler", "FolderDataset", "Loader", "build_dataset",
+                "build_demo_dataset", "build_folder_dataset", "build_loader", "collate", "limit_indices", "mix",
+                "resolve_backend", "sample_seed", "split_root"}
+    assert set(data.__all__) == expected and all(hasattr(data, name) for name in expected)
