@@ -91,9 +91,11 @@ def _metrics(args: argparse.Namespace) -> None:
 
 
 def _recipes(args: argparse.Namespace) -> None:
-    from fastadv.config import recipe_names
+    from fastadv.config import recipe_descriptions
 
-    print("\n".join(recipe_names()))
+    descriptions = recipe_descriptions()
+    width = max(map(len, descriptions), default=0)
+    print("\n".join(f"{name:<{width}}  {text}".rstrip() for name, text in descriptions.items()))
 
 
 def _quote(item: str) -> str:
@@ -160,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the ImageNet val labels shipped in imagenet-x)")
     mt.set_defaults(func=_metrics)
 
-    c = sub.add_parser("recipes", help="list the shipped recipes")
+    c = sub.add_parser("recipes", help="list the shipped recipes, each with its one-line description")
     c.set_defaults(func=_recipes)
 
     _add_data_parser(sub)

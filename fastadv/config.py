@@ -11,13 +11,12 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from fastadv.attacks import HEADS
 from fastadv.errors import FastadvError
 from fastadv.methods.registry import method_spec
+from fastadv.recipe_files import read_recipe, recipe_descriptions, recipe_names  # noqa: F401 (re-exported)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -169,30 +168,6 @@ LR_SCALING = ("none", "linear", "sqrt")
 
 
 # ----------------------------------------------------------------------------- loading
-def recipe_names() -> list[str]:
-    """Names of the recipes shipped inside the package."""
-    folder = resources.files("fastadv.recipes")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def _read_recipe(recipe: str) -> dict[str, Any]:
-    path = Path(recipe)
-    if path.suffix == ".toml" and path.is_file():
-        text = path.read_text()
-    else:
-        shipped = resources.files("fastadv.recipes") / f"{recipe}.toml"
-        if not shipped.is_file():
-            raise FastadvError(
-                f"unknown recipe {recipe!r}: not a .toml file and not one of the shipped "
-                f"recipes ({', '.join(recipe_names())})"
-            )
-        text = shipped.read_text()
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise FastadvError(f"recipe {recipe!r} is not valid TOML: {exc}") from exc
-
-
 def _section_classes() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {name: hints[name] for name in SECTIONS}
@@ -224,8 +199,8 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 
 def load_config(recipe: str, overrides: list[str] | None = None) -> Config:
-    """Recipe (shipped name or .toml path) plus `section.field=value` overrides, validated."""
-    cfg = from_dict(_read_recipe(recipe))
+    """Recipe (shipped name or .toml path, its `base =` chain merged in) plus `section.field=value` overrides, validated."""
+    cfg = from_dict(read_recipe(recipe))
     for item in overrides or []:
         apply_override(cfg, item)
     validate(cfg)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fastadv.data.loader import mix
+from fastadv.data.seeding import mix
 from fastadv.data.subset import IndexSubset
 from fastadv.errors import FastadvError
 from fastadv.runtime import resolve_device
@@ -215,16 +215,6 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier(timeout_s: float | None = None) -> None:
-    """Wait for every rank; gloo names the rank that did not arrive within timeout_s (default: the group's)."""
-    if not _active():
-        return
-    if dist.get_backend() == "gloo":
-        dist.monitored_barrier(timeout=timedelta(seconds=timeout_s) if timeout_s else None)
-    else:
-        dist.barrier(device_ids=[torch.cuda.current_device()])
 
 
 def _digest(value: Any, h: Any) -> None:

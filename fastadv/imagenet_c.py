@@ -29,7 +29,7 @@ from PIL import Image
 from torchvision import transforms
 from tqdm import tqdm
 
-from fastadv.data.loader import mix
+from fastadv.data.seeding import mix
 from fastadv.errors import FastadvError
 from fastadv.fileio import atomic_write_bytes
 from fastadv.metrics import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES

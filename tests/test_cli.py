@@ -120,3 +120,14 @@ def test_train_eval_report_end_to_end(tmp_path):
     assert [m["model"] for m in metrics["models"]] == ["demo-std", "demo-adv", "demo-adv-plus"]
     assert metrics["headline"]["demo-std"]["skipped"].keys() == {"real", "imagenet_c", "imagenet_x"}
     assert metrics["headline"]["demo-adv-plus"]["pgd_kplusm_error"] is not None
+
+
+def test_recipes_lists_each_name_with_its_description_aligned(capsys):
+    from fastadv.config import recipe_descriptions, recipe_names
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == recipe_names()
+    starts = {len(line) - len(line[len(name):].lstrip()) for line, name in zip(lines, recipe_names())}
+    assert len(starts) == 1  # every description starts in the same column
+    assert all(line.endswith(recipe_descriptions()[name]) for line, name in zip(lines, recipe_names()))

@@ -19,7 +19,7 @@ from torchvision.datasets import ImageFolder
 
 from fastadv.config import DataConfig, load_config
 from fastadv.data import build_dataset, build_loader
-from fastadv.data.dali import build_dali_file_loader, dali_available, dali_import_error
+from fastadv.data.dali import dali_available, dali_import_error
 from fastadv.data.geometry import center_anchor, random_resized_crop, resize_shorter
 from fastadv.data.ffcv_backend import ffcv_import_error, metadata_path, write_ffcv
 from fastadv.data.loader import resolve_backend
@@ -417,22 +417,7 @@ def test_auto_backend_and_config(monkeypatch) -> None:
         load_config("demo-std", ["data.backend=webdataset"])
 
 
-# ------------------------------------------------------------------------------ file-list loader, CLI, trainer
-@needs_dali
-@pytest.mark.parametrize("resize", [0, 36])
-def test_dali_file_loader_for_imagenet_c(photos: Path, resize: int) -> None:
-    files = sorted((photos / "val").glob("*/*.JPEG"))[:5]
-    labels = [7, 3, 3, 1, 0]
-    loader = build_dali_file_loader(files, labels, batch_size=2, image_size=32, resize=resize, workers=1)
-    batches = collect(loader)
-    assert len(loader) == len(batches) == 3
-    tf = [transforms.Resize(resize, antialias=True)] if resize else []
-    tf = transforms.Compose([*tf, transforms.CenterCrop(32), transforms.ToTensor()])
-    ref = torch.stack([tf(Image.open(f).convert("RGB")) for f in files])
-    assert cat(batches, "labels").tolist() == labels and cat(batches, "indices").tolist() == list(range(5))
-    assert per_image_diff(cat(batches, "images"), ref).max().item() <= TOL
-
-
+# ------------------------------------------------------------------------------ CLI, trainer
 @needs_ffcv
 def test_cli_write_ffcv(photos: Path, tmp_path: Path, capsys) -> None:
     from fastadv.cli import main

@@ -30,10 +30,9 @@ import collections
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,7 +48,11 @@ from fastadv.data.geometry import (
     resize_shorter,
     resize_uint8,
 )
-from fastadv.data.loader import Batch, EpochSampler, collate, mix, single_threaded_torch, unwrap_subset
+from fastadv.data.batch import Batch, collate
+from fastadv.data.sampler import EpochSampler
+from fastadv.data.seeding import mix
+from fastadv.data.subset import unwrap_subset
+from fastadv.data.threads import single_threaded_torch
 from fastadv.errors import FastadvError
 
 log = logging.getLogger("fastadv.data")
@@ -148,11 +151,9 @@ class DaliLoader:
         mode = self.geometry.mode
         if mode == "train":
             return ("enc", "anchor", "shape", "flip")
-        if mode == "val" and not self.gpu:
+        if not self.gpu:  # val on the CPU: torch resizes and crops
             return ("enc",)
-        if mode == "val":
-            return ("enc", "anchor", "shape", "rx", "ry")
-        return ("enc", "anchor", "shape")
+        return ("enc", "anchor", "shape", "rx", "ry")
 
     def _build(self, feed: Callable[[], tuple]):
         from nvidia.dali import fn, types
@@ -179,9 +180,8 @@ class DaliLoader:
                     img = fn.resize(img, resize_x=g.size, resize_y=g.size, interp_type=types.INTERP_LINEAR, antialias=True)
             else:
                 img = fn.decoders.image(n["enc"], device=decoder, output_type=types.RGB, adjust_orientation=False)
-                if g.mode == "val" and self.gpu:
+                if self.gpu:  # on the CPU torch resizes and crops (_to_batch)
                     img = fn.resize(img, resize_x=n["rx"], resize_y=n["ry"], interp_type=types.INTERP_LINEAR, antialias=True)
-                if "anchor" in n:
                     img = fn.slice(img, n["anchor"], n["shape"], out_of_bounds_policy="pad", fill_values=0, **slice_args)
             pipe.set_outputs(img)
         pipe.build()
@@ -194,7 +194,7 @@ class DaliLoader:
         if g.mode == "train":
             top, left, ch, cw, flip = random_resized_crop(w, h, seed, (g.min_scale, 1.0))
             return {"anchor": (left, top), "shape": (cw, ch), "flip": int(flip)}
-        rx, ry = resize_shorter(w, h, g.resize) if g.mode == "val" else (w, h)
+        rx, ry = resize_shorter(w, h, g.resize)
         return {"anchor": (center_anchor(rx, g.size), center_anchor(ry, g.size)), "shape": (g.size, g.size),
                 "rx": rx, "ry": ry}
 
@@ -311,8 +311,6 @@ class DaliLoader:
             target = torch.empty(dense.shape(), dtype=torch.uint8, device=self.device)
             feed_ndarray(dense, target, cuda_stream=torch.cuda.current_stream(self.device))
             return self._finish(target.permute(0, 3, 1, 2), entry)
-        if self.geometry.mode == "crop":
-            return self._finish(torch.from_numpy(out.as_array()).permute(0, 3, 1, 2), entry)
         s = self.geometry.size
         nhwc = np.empty((len(entry.good), s, s, 3), dtype=np.uint8)
         with single_threaded_torch():  # torch's OpenMP threads would wait on the cores DALI keeps busy
@@ -370,21 +368,3 @@ def build_dali_loader(cfg: DataConfig, split: str, dataset, *, batch_size: int, 
     return DaliLoader(source, sampler, batch_size=batch_size, drop_last=drop_last, geometry=geometry, device=device,
                       decode=cfg.dali_device, workers=cfg.workers, seed=mix(seed, epoch, rank), timeout=cfg.timeout)
 
-
-def build_dali_file_loader(files: Sequence[str | Path], labels: Sequence[int], *, batch_size: int, image_size: int = 224,
-                           resize: int = 0, device: torch.device | str | None = None, decode: str = "auto",
-                           workers: int = 2, rank: int = 0, world_size: int = 1, start_batch: int = 0,
-                           timeout: float = 300.0) -> DaliLoader:
-    """A DALI validation loader over an explicit file list (e.g. ImageNet-C), in the given order.
-
-    resize > 0: resize the shorter side to `resize`, then center crop `image_size` (the val
-    transform); resize = 0: center crop only, no resize (ImageNet-C's 224x224 images).
-    Batch.indices index `files`; labels are taken as given.
-    """
-    if len(files) != len(labels):
-        raise FastadvError(f"{len(files)} files but {len(labels)} labels")
-    source = FileSource([str(f) for f in files], [int(x) for x in labels])
-    sampler = EpochSampler(len(source), shuffle=False, rank=rank, world_size=world_size, skip=start_batch * batch_size)
-    geometry = Geometry("val" if resize > 0 else "crop", image_size, resize=resize)
-    return DaliLoader(source, sampler, batch_size=batch_size, drop_last=False, geometry=geometry, device=device,
-                      decode=decode, workers=workers, timeout=timeout)

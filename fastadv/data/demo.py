@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fastadv.config import DataConfig
-from fastadv.data.loader import limit_indices
+from fastadv.data.seeding import limit_indices
 
 
 @functools.lru_cache(maxsize=4)

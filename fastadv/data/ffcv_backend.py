@@ -36,7 +36,11 @@ from fastadv.data.ffcv_write import (  # noqa: F401 (ffcv_import_error, write_ff
     require_ffcv,
     write_ffcv,
 )
-from fastadv.data.loader import Batch, EpochSampler, limit_indices, single_threaded_torch, unwrap_subset
+from fastadv.data.batch import Batch
+from fastadv.data.sampler import EpochSampler
+from fastadv.data.seeding import limit_indices
+from fastadv.data.subset import unwrap_subset
+from fastadv.data.threads import single_threaded_torch
 from fastadv.errors import FastadvError
 
 log = logging.getLogger("fastadv.data")

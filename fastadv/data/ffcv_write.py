@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fastadv.data.folder import scan
+from fastadv.data.class_folders import scan
 from fastadv.errors import FastadvError
+from fastadv.fileio import atomic_write_text
 
 log = logging.getLogger("fastadv.data")
 
@@ -149,10 +150,7 @@ def write_ffcv(src: str | Path, out: str | Path, *, max_resolution: int = 500, j
     }
     for i, r in sorted(skipped.items()):
         log.warning("skipping %s: cannot decode (%s); stored as a placeholder that loading drops", paths[i], r)
-    side = metadata_path(out)
-    side_tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
-    side_tmp.write_text(json.dumps(meta))
-    os.replace(side_tmp, side)
+    atomic_write_text(metadata_path(out), json.dumps(meta))
     return meta
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 log = logging.getLogger("fastadv.data")
 
+# PIL raises these for unreadable, empty, truncated or garbage files.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision import transforms
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from fastadv.config import DataConfig
+from fastadv.data.class_folders import scan
+from fastadv.data.files import DECODE_ERRORS
+from fastadv.data.seeding import limit_indices
 from fastadv.errors import FastadvError
-from fastadv.data.loader import limit_indices
 
 log = logging.getLogger("fastadv.data")
 
@@ -23,10 +23,6 @@ EMPTY_PATH_MESSAGE = (
     "data.path is empty: pass --data /path/to/imagenet (a folder with train/ and val/ class folders)"
 )
 _fallback_warned: set[str] = set()
-
-# PIL raises these for unreadable, empty, truncated or garbage files.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
 
 def _has_subfolders(path: Path) -> bool:
     with os.scandir(path) as it:
@@ -66,27 +62,6 @@ def split_root(cfg: DataConfig, split: str) -> Path:
             )
         return base
     raise FastadvError(f"{root} does not exist: data.path {base} needs a {root.name}/ folder of class folders")
-
-
-def scan(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Sorted class names and (path, label) samples, like torchvision's ImageFolder."""
-    try:
-        classes, class_to_idx = find_classes(root)
-    except FileNotFoundError as exc:
-        raise FastadvError(
-            f"no class folders in {root}: expected one sub-folder per class (e.g. {root}/n01440764/*.JPEG)"
-        ) from exc
-    # make_dataset lower-cases file names before matching, so .JPEG counts too.
-    samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    counts = Counter(label for _, label in samples)
-    empty = [name for name in classes if counts[class_to_idx[name]] == 0]
-    if empty:
-        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
-        raise FastadvError(
-            f"{len(empty)} of {len(classes)} class folder(s) in {root} hold no images "
-            f"({', '.join(IMG_EXTENSIONS)}): {shown}"
-        )
-    return classes, samples
 
 
 def train_transform(cfg: DataConfig) -> Callable[[Image.Image], torch.Tensor]:

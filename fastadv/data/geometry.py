@@ -80,8 +80,8 @@ def crop_or_pad(x: torch.Tensor, left: int, top: int, size: int) -> torch.Tensor
 
 @dataclass(frozen=True)
 class Geometry:
-    """What the pipeline does after decoding: "train" (random-resized crop + flip to size),
-    "val" (resize shorter side to `resize`, center crop `size`), "crop" (center crop only)."""
+    """What the pipeline does after decoding: "train" (random-resized crop + flip to size) or
+    "val" (resize shorter side to `resize`, center crop `size`)."""
 
     mode: str
     size: int
@@ -93,8 +93,6 @@ class Geometry:
         if self.mode == "train":
             steps = [transforms.RandomResizedCrop(self.size, scale=(self.min_scale, 1.0), antialias=True),
                      transforms.RandomHorizontalFlip()]
-        elif self.mode == "val":
-            steps = [transforms.Resize(self.resize, antialias=True), transforms.CenterCrop(self.size)]
         else:
-            steps = [transforms.CenterCrop(self.size)]
+            steps = [transforms.Resize(self.resize, antialias=True), transforms.CenterCrop(self.size)]
         return transforms.Compose([*steps, transforms.ToTensor()])

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from fastadv.data.folder import DECODE_ERRORS, scan
+from fastadv.data.class_folders import scan
+from fastadv.data.files import DECODE_ERRORS
 from fastadv.errors import FastadvError
 
 log = logging.getLogger("fastadv.data")

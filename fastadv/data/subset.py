@@ -43,3 +43,13 @@ class IndexSubset(torch.utils.data.Dataset):
         index, seed = item
         sample = self.dataset[(self.indices[index], seed)]
         return None if sample is None else (sample[0], sample[1], index)
+
+
+def unwrap_subset(dataset) -> tuple[object, list[int] | None]:
+    """(base dataset, base index of every item) through IndexSubset-style wrappers (.dataset + .indices)."""
+    positions = None
+    while hasattr(dataset, "dataset") and hasattr(dataset, "indices"):
+        inner = list(dataset.indices)
+        positions = inner if positions is None else [inner[i] for i in positions]
+        dataset = dataset.dataset
+    return dataset, positions
