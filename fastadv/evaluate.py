@@ -5,7 +5,7 @@ head ("pgd40") and the paper-faithful attack on all K+M logits ("pgd40-kplusm"),
 the latter can raise its loss through an auxiliary logit without changing the K-class
 prediction and so overstates robustness (REFERENCE.md §3). ImageNet-C (released folders or
 generated, eval.imagenet_c) writes one CSV per corruption and severity. ReaL and ImageNet-X
-need no model: the metrics re-score the clean predictions (fastadv.scoring).
+need no model: the metrics re-score the clean predictions (fastadv.analysis.scoring).
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ import torch
 from tqdm import tqdm
 
 from fastadv import distributed
+from fastadv.analysis.predictions import write_predictions
+from fastadv.analysis.scoring import IMAGENET_C_SKIPPED
 from fastadv.attacks import PGD
 from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
 from fastadv.config import apply_override, from_dict, parse_temperatures, validate
 from fastadv.data import build_dataset, build_loader
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
 from fastadv.errors import FastadvError
-from fastadv.imagenet_c import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
+from fastadv.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
-from fastadv.predictions import write_predictions
-from fastadv.scoring import IMAGENET_C_SKIPPED
 from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from fastadv.errors import FastadvError
-from fastadv.figures import classwise_figure, imagenet_c_figure, imagenet_x_figure
-from fastadv.metrics import CORRUPTIONS, relative_change
+from fastadv.analysis.figures import classwise_figure, imagenet_c_figure, imagenet_x_figure
+from fastadv.analysis.metrics import CORRUPTIONS, relative_change
+from fastadv.analysis.report_render import Bullets, Doc, Figure, Heading, Para, Table, to_html, to_markdown
+from fastadv.analysis.scoring import Sources, find_inputs, headline, model_metrics, pgd_keys
 from fastadv.fileio import atomic_write
-from fastadv.report_render import Bullets, Doc, Figure, Heading, Para, Table, to_html, to_markdown
-from fastadv.scoring import Sources, find_inputs, headline, model_metrics, pgd_keys
 
 DASH = "—"
 SKIPPED = "skipped"

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from fastadv.errors import FastadvError
-from fastadv.imagenet_meta import NUM_CLASSES, NUM_VAL, SuiteSkipped, annotation_file, imagenet_predictions
-from fastadv.metrics import real_metrics
+from fastadv.analysis.imagenet_meta import NUM_CLASSES, NUM_VAL, SuiteSkipped, annotation_file, imagenet_predictions
+from fastadv.analysis.metrics import real_metrics
 
 PACKAGE_FILE = "imagenet_real_labels.jsonl"
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from fastadv.errors import FastadvError
-from fastadv.imagenet_meta import NUM_CLASSES, SuiteSkipped, imagenet_val_labels, imagenet_wnids
-from fastadv.metrics import corruption_errors, setting_metrics
-from fastadv.predictions import Predictions, read_predictions
+from fastadv.analysis.imagenet_meta import NUM_CLASSES, SuiteSkipped, imagenet_val_labels, imagenet_wnids
+from fastadv.analysis.metrics import corruption_errors, setting_metrics
+from fastadv.analysis.predictions import Predictions, read_predictions
 
 PGD_KEY = re.compile(r"^pgd(\d+)$")
 PGD_KPLUSM_KEY = re.compile(r"^pgd(\d+)-kplusm$")
@@ -188,8 +188,8 @@ def _imagenet_c_suite(settings: dict[str, Any], recorded: dict[str, Any] | None)
 def _rescored_suites(model: dict[str, Any], clean: Predictions | None, real_path: str | None,
                      sources: Sources) -> None:
     """ReaL (as the setting "real") and ImageNet-X, both re-scoring the clean predictions."""
-    from fastadv.imagenet_x import imagenet_x_suite
-    from fastadv.real import real_suite
+    from fastadv.analysis.imagenet_x import imagenet_x_suite
+    from fastadv.analysis.real import real_suite
 
     suites = model["suites"]
     if clean is None:
