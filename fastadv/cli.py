@@ -68,13 +68,13 @@ def _evaluated(run: str, out: str | None, overrides: list[str]) -> bool:
 
 
 def _sources(args: argparse.Namespace):
-    from fastadv.scoring import Sources
+    from fastadv.analysis.scoring import Sources
 
     return Sources(real_labels=args.real, labels_csv=getattr(args, "labels", None))
 
 
 def _report(args: argparse.Namespace) -> None:
-    from fastadv.report import build_report
+    from fastadv.analysis.report import build_report
 
     build_report(args.evals, Path(args.out), _sources(args))
     print(f"report: {Path(args.out) / 'report.md'} and {Path(args.out) / 'report.html'}")
@@ -83,7 +83,7 @@ def _report(args: argparse.Namespace) -> None:
 def _metrics(args: argparse.Namespace) -> None:
     import json
 
-    from fastadv.report import build_report
+    from fastadv.analysis.report import build_report
 
     metrics = build_report(args.predictions, Path(args.out), _sources(args))
     print(json.dumps({"report": str(Path(args.out) / "report.html"), "units": "error fractions in [0, 1]",

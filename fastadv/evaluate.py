@@ -1,11 +1,9 @@
-"""Evaluate a checkpoint: clean, PGD-40 and ImageNet-C predictions per image, saved as CSV.
+"""Evaluate a checkpoint: one predictions CSV per setting (clean, PGD-40, T-PGD, ImageNet-C) and eval.json.
 
-Label-augmented models (M > 0) get two PGD settings: the adaptive attack on the K-class
-head ("pgd40") and the paper-faithful attack on all K+M logits ("pgd40-kplusm"), because
-the latter can raise its loss through an auxiliary logit without changing the K-class
-prediction and so overstates robustness (REFERENCE.md §3). ImageNet-C (released folders or
-generated, eval.imagenet_c) writes one CSV per corruption and severity. ReaL and ImageNet-X
-need no model: the metrics re-score the clean predictions (fastadv.scoring).
+Which settings exist, their keys, titles and attacks come from fastadv.suites (settings_for);
+this module only runs them: whole batches per rank, a fixed RNG per batch, rank 0 writes.
+ImageNet-C (released folders or generated, eval.imagenet_c) writes one CSV per corruption and
+severity. ReaL and ImageNet-X need no model: the analysis re-scores the clean predictions.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,53 +18,17 @@ import torch
 from tqdm import tqdm
 
 from fastadv import distributed
-from fastadv.attacks import PGD
+from fastadv.analysis.predictions import write_predictions
 from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
-from fastadv.config import apply_override, from_dict, parse_temperatures, validate
+from fastadv.config import apply_override, from_dict, validate
 from fastadv.data import build_dataset, build_loader
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
 from fastadv.errors import FastadvError
-from fastadv.imagenet_c import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
+from fastadv.fileio import atomic_write_text
+from fastadv.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
-from fastadv.predictions import write_predictions
-from fastadv.scoring import IMAGENET_C_SKIPPED
 from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
-
-
-@dataclass(frozen=True)
-class Setting:
-    key: str
-    title: str
-    attack: PGD | None = None
-    suite: str = "pgd"  # pgd | tpgd (Temperature-PGD)
-
-    def info(self) -> dict[str, Any]:
-        if self.attack is None:
-            return {"title": self.title, "suite": "clean"}
-        a = self.attack
-        info = {"title": self.title, "suite": self.suite, "eps": a.eps, "eps_255": a.eps * 255, "steps": a.steps,
-                "alpha": a.step_size(a.eps), "random_start": a.random_start, "head": a.head}
-        return info | ({"temperature": a.temperature} if self.suite == "tpgd" else {})
-
-
-def settings_for(cfg) -> list[Setting]:
-    e, m = cfg.eval, cfg.model
-    alpha = e.alpha if e.alpha > 0 else 2.5 * e.eps / e.steps
-    name = f"pgd{e.steps}"
-
-    def pgd(head: str, temperature: float = 1.0) -> PGD:
-        return PGD(eps=e.eps, steps=e.steps, alpha=alpha, random_start=e.random_start, num_classes=m.num_classes,
-                   head=head, temperature=temperature)
-
-    out = [Setting("clean", "clean")]
-    if m.num_aux:
-        out.append(Setting(name, f"PGD-{e.steps} (K-class head, adaptive)", pgd("k")))
-        out.append(Setting(f"{name}-kplusm", f"PGD-{e.steps} (all K+M logits, as in the paper)", pgd("all")))
-    else:
-        out.append(Setting(name, f"PGD-{e.steps}", pgd("k")))
-    for t in parse_temperatures(e.temperatures):
-        out.append(Setting(f"t{name}-T{t:g}", f"Temperature-PGD-{e.steps} (T = {t:g}, K-class head)", pgd("k", t), "tpgd"))
-    return out
+from fastadv.suites import CLEAN, IMAGENET_C, IMAGENET_C_SKIPPED, Setting, imagenet_c_setting, settings_for
 
 
 def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list[str] | None = None,
@@ -111,14 +72,13 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     info["real_labels"] = cfg.eval.real_labels or None
     clean_rows: dict[str, Any] = {}
     for setting in settings_for(cfg):
-        rows = _run_setting(model, dataset, cfg.data, setting, setting.info(), cfg, device, amp, batch_size,
-                            out, info, progress)
-        if setting.key == "clean":
+        rows = _run_setting(model, dataset, cfg.data, setting, cfg, device, amp, batch_size, out, info, progress)
+        if setting.key == CLEAN:
             clean_rows = rows
-    info["suites"] = {"imagenet_c": _imagenet_c(model, dataset, clean_rows, cfg, device, amp, batch_size,
-                                                out, info, progress)}
+    info["suites"] = {IMAGENET_C: _imagenet_c(model, dataset, clean_rows, cfg, device, amp, batch_size,
+                                              out, info, progress)}
     if distributed.is_main():
-        (out / "eval.json").write_text(json.dumps(info, indent=2))
+        atomic_write_text(out / "eval.json", json.dumps(info, indent=2))
     return out
 
 
@@ -130,8 +90,8 @@ def request_of(cfg) -> dict[str, Any]:
             "temperatures": e.temperatures}
 
 
-def _run_setting(model, dataset, data_cfg, setting: Setting, meta: dict[str, Any], cfg, device, amp,
-                 batch_size: int, out: Path, info: dict[str, Any], progress: bool) -> dict[str, Any]:
+def _run_setting(model, dataset, data_cfg, setting: Setting, cfg, device, amp, batch_size: int, out: Path,
+                 info: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Predict one setting over `dataset`, write predictions/<key>.csv and its eval.json entry."""
     # This rank's whole batches; the RNG is seeded per batch from (eval.seed, batch number), so the attack's
     # random start, and every prediction, is the same with any number of ranks and from run to run.
@@ -143,7 +103,7 @@ def _run_setting(model, dataset, data_cfg, setting: Setting, meta: dict[str, Any
     names = [dataset.file_names[i] for i in rows["index"]]
     if distributed.is_main():
         write_predictions(out / "predictions" / f"{setting.key}.csv", names, rows["pred"], rows["prob"], rows["true"])
-    info["settings"][setting.key] = {**meta, "images": len(names), "seconds": seconds,
+    info["settings"][setting.key] = {**setting.info(), "images": len(names), "seconds": seconds,
                                      "images_per_sec": len(names) / max(seconds, 1e-9),
                                      "skipped_images": rows["skipped"]}
     return rows
@@ -151,7 +111,7 @@ def _run_setting(model, dataset, data_cfg, setting: Setting, meta: dict[str, Any
 
 def _imagenet_c(model, dataset, clean_rows: dict[str, Any], cfg, device, amp, batch_size: int, out: Path,
                 info: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """ImageNet-C settings "imagenet-c/<corruption>/<severity>" on the images the clean pass scored."""
+    """One ImageNet-C setting per corruption and severity (suites.imagenet_c_setting) on the images the clean pass scored."""
     spec = cfg.eval.imagenet_c.strip()
     if not spec:
         return {"status": "skipped", "reason": IMAGENET_C_SKIPPED}
@@ -180,9 +140,8 @@ def _imagenet_c(model, dataset, clean_rows: dict[str, Any], cfg, device, amp, ba
     for c in corruptions:
         for s in severities:
             ds = ImageNetCDataset(root, c, s, dataset.classes, cfg.data.image_size, keep)
-            setting = Setting(f"imagenet-c/{c}/{s}", f"ImageNet-C {c} severity {s}")
-            meta = {"title": setting.title, "suite": "imagenet-c", "corruption": c, "severity": s}
-            rows = _run_setting(model, ds, folder_cfg, setting, meta, cfg, device, amp, batch_size, out, info, progress)
+            setting = imagenet_c_setting(c, s)
+            rows = _run_setting(model, ds, folder_cfg, setting, cfg, device, amp, batch_size, out, info, progress)
             ds.check_sizes(sorted(set(range(len(ds))) - set(rows["index"])))
     return {"status": "done", **source, "corruptions": corruptions, "severities": severities,
             "images": len(keep)}

@@ -146,7 +146,7 @@ def test_every_classwise_recipe_trains_and_resumes_exactly(tmp_path, monkeypatch
 
 def test_temperature_pgd_evaluation_settings_and_report(tmp_path):
     from fastadv.evaluate import evaluate
-    from fastadv.report import build_report
+    from fastadv.analysis.report import build_report
 
     run = train(load_config("demo-adv", TINY[:4] + ["optim.epochs=1", "train.progress=false",
                                                     f"train.out_dir={tmp_path / 'run'}"]))

@@ -25,7 +25,7 @@ pytest.importorskip("imagenet_x")
 pytest.importorskip("imagecorruptions")
 
 from fastadv.cli import main  # noqa: E402
-from fastadv.imagenet_meta import annotation_file, imagenet_val_labels, imagenet_wnids  # noqa: E402
+from fastadv.analysis.imagenet_meta import annotation_file, imagenet_val_labels, imagenet_wnids  # noqa: E402
 
 TINY = ["data.backend=folder", "model.num_classes=4", "data.image_size=32", "data.val_resize=36",
         "data.batch_size=8", "data.eval_batch_size=8", "data.workers=0", "attack.steps=1", "optim.epochs=1",
@@ -256,7 +256,7 @@ def test_html_report_in_headless_chromium(evaluated) -> None:
     """The report opened in a real browser: every embedded figure decodes, every table is there."""
     import subprocess
 
-    from fastadv.report import build_report
+    from fastadv.analysis.report import build_report
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

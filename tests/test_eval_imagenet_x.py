@@ -12,10 +12,10 @@ import pytest
 pytest.importorskip("imagenet_x")
 from imagenet_x import FACTORS, error_ratio, get_factor_accuracies  # noqa: E402
 
-from fastadv.imagenet_meta import annotation_file  # noqa: E402
-from fastadv.imagenet_x import factor_metrics  # noqa: E402
-from fastadv.predictions import write_predictions  # noqa: E402
-from fastadv.scoring import model_metrics  # noqa: E402
+from fastadv.analysis.imagenet_meta import annotation_file  # noqa: E402
+from fastadv.analysis.imagenet_x import factor_metrics  # noqa: E402
+from fastadv.analysis.predictions import write_predictions  # noqa: E402
+from fastadv.analysis.scoring import model_metrics  # noqa: E402
 
 
 def _val_labels() -> tuple[list[str], np.ndarray]:

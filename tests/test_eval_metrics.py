@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fastadv.errors import FastadvError
-from fastadv.imagenet_meta import SuiteSkipped, imagenet_class_map, imagenet_wnids, val_index
-from fastadv.metrics import (
+from fastadv.analysis.imagenet_meta import SuiteSkipped, imagenet_class_map, imagenet_wnids, val_index
+from fastadv.analysis.metrics import (
     ALEXNET_ERRORS,
     CORRUPTIONS,
     corruption_errors,
@@ -19,9 +19,9 @@ from fastadv.metrics import (
     real_metrics,
     summarize_classwise,
 )
-from fastadv.predictions import write_predictions
-from fastadv.real import load_real_labels, real_suite
-from fastadv.scoring import Sources, model_metrics
+from fastadv.analysis.predictions import write_predictions
+from fastadv.analysis.real import load_real_labels, real_suite
+from fastadv.analysis.scoring import Sources, model_metrics
 
 # REFERENCE.md section 5, copied by hand (so a slip in the code's table cannot hide).
 ALEXNET_BY_HAND = {

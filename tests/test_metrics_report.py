@@ -11,16 +11,16 @@ import pytest
 from matplotlib.image import imread
 
 from fastadv.errors import FastadvError
-from fastadv.metrics import (
+from fastadv.analysis.metrics import (
     classwise_error,
     relative_change,
     setting_metrics,
     summarize_classwise,
     top1_error,
 )
-from fastadv.predictions import read_predictions, write_predictions
-from fastadv.report import build_report
-from fastadv.scoring import model_metrics
+from fastadv.analysis.predictions import read_predictions, write_predictions
+from fastadv.analysis.report import build_report
+from fastadv.analysis.scoring import model_metrics
 
 NAMES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

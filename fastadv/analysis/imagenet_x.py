@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fastadv.imagenet_meta import PACKAGE_HINT, SuiteSkipped, imagenet_predictions
-from fastadv.predictions import write_predictions
+from fastadv.analysis.imagenet_meta import PACKAGE_HINT, SuiteSkipped, imagenet_predictions
+from fastadv.analysis.predictions import write_predictions
 
 
 def _package():

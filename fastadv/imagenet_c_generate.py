@@ -29,12 +29,12 @@ from PIL import Image
 from torchvision import transforms
 from tqdm import tqdm
 
+from fastadv.analysis.metrics import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
 from fastadv.data.seeding import mix
 from fastadv.errors import FastadvError
-from fastadv.fileio import atomic_write_bytes
-from fastadv.metrics import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
+from fastadv.fileio import atomic_write_bytes, atomic_write_text
 
-log = logging.getLogger("fastadv.imagenet_c")
+log = logging.getLogger("fastadv.imagenet_c")  # the name it logged under before the module was renamed
 
 JPEG_QUALITY = 85
 SEED_KWARG = ("impulse_noise", "glass_blur")  # these take seed= instead of the global RNG
@@ -126,7 +126,7 @@ def _check_manifest(cache: Path, manifest: dict[str, Any]) -> None:
         raise FastadvError(f"{cache} is not empty and holds no {MANIFEST}: refusing to write generated "
                            "ImageNet-C into it; set eval.imagenet_c_cache to an empty or new folder")
     cache.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def _generate_one(task: tuple) -> str | None:

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from fastadv.analysis.imagenet_meta import NUM_CLASSES, NUM_VAL, SuiteSkipped, annotation_file, imagenet_predictions
+from fastadv.analysis.metrics import real_metrics
 from fastadv.errors import FastadvError
-from fastadv.imagenet_meta import NUM_CLASSES, NUM_VAL, SuiteSkipped, annotation_file, imagenet_predictions
-from fastadv.metrics import real_metrics
+from fastadv.suites import REAL, suite_spec
 
 PACKAGE_FILE = "imagenet_real_labels.jsonl"
 
@@ -68,5 +69,5 @@ def real_suite(file_names: Sequence[str], predicted: np.ndarray, true: np.ndarra
     if not any(label_lists):
         raise SuiteSkipped(f"all {len(label_lists)} evaluated images have an empty ReaL label list")
     out = real_metrics(pred_1k, np.asarray(true), label_lists, num_classes)
-    return {"title": "ImageNet-ReaL", "suite": "real", "source": str(source),
+    return {"title": suite_spec(REAL).label, "suite": REAL, "source": str(source),
             "note": "re-scores the clean predictions against the ReaL label lists", **out}

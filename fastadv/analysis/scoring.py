@@ -18,14 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from fastadv.analysis.imagenet_meta import NUM_CLASSES, SuiteSkipped, imagenet_val_labels, imagenet_wnids
+from fastadv.analysis.metrics import corruption_errors, setting_metrics
+from fastadv.analysis.predictions import Predictions, read_predictions
 from fastadv.errors import FastadvError
-from fastadv.imagenet_meta import NUM_CLASSES, SuiteSkipped, imagenet_val_labels, imagenet_wnids
-from fastadv.metrics import corruption_errors, setting_metrics
-from fastadv.predictions import Predictions, read_predictions
+from fastadv.suites import (ATTACK, CLEAN, IMAGENET_C, IMAGENET_C_SETTING_SUITE, IMAGENET_C_SKIPPED, IMAGENET_X, REAL,
+                            attack_keys, clean_setting, headline_field, setting_specs, suite_of, suite_specs)
 
-PGD_KEY = re.compile(r"^pgd(\d+)$")
-PGD_KPLUSM_KEY = re.compile(r"^pgd(\d+)-kplusm$")
-IMAGENET_C_SKIPPED = "no ImageNet-C data configured (eval.imagenet_c; make eval IMAGENET_C=/path or IMAGENET_C=generate)"
 FOREIGN = "predictions from another tool: one CSV per model holds clean predictions only"
 _EXAMPLES = 3
 
@@ -137,28 +136,21 @@ def _eval_dir_model(eval_dir: Path, sources: Sources) -> dict[str, Any]:
                                f"{abs(expected - len(preds))} row(s) {'missing' if len(preds) < expected else 'too many'}; "
                                "re-run the evaluation.")
         loaded[key] = preds
-        settings[key] = {"suite": _suite_of(key), **(setting_info or {}), **setting_metrics(preds, k)}
+        settings[key] = {"suite": suite_of(key), **(setting_info or {}), **setting_metrics(preds, k)}
     model = {
         "model": str(info["model"]), "arch": info.get("arch"), "num_classes": k, "num_aux": num_aux,
         "label_augmented": bool(info.get("label_augmented", num_aux > 0)), "class_names": names,
         "source": str(eval_dir), "eval_dir": str(eval_dir), "settings": settings, "suites": {},
     }
-    clean = loaded.get("clean")
+    clean = loaded.get(CLEAN)
     real_path = sources.real_labels or info.get("real_labels")
     _rescored_suites(model, clean, real_path, sources)
-    model["suites"]["imagenet_c"] = _imagenet_c_suite(settings, (info.get("suites") or {}).get("imagenet_c"))
-    pgd = [key for key in settings if settings[key].get("suite") == "pgd"]
-    model["suites"]["pgd"] = ({"status": "done", "settings": pgd} if pgd else
-                              {"status": "skipped", "reason": "no PGD setting in eval.json"})
+    model["suites"][IMAGENET_C] = _imagenet_c_suite(settings, (info.get("suites") or {}).get(IMAGENET_C))
+    for suite in suite_specs(ATTACK):
+        done = [key for key in settings if settings[key].get("suite") == suite.name]
+        model["suites"][suite.name] = ({"status": "done", "settings": done} if done else
+                                       {"status": "skipped", "reason": f"no {suite.label} setting in eval.json"})
     return model
-
-
-def _suite_of(key: str) -> str:
-    if key == "clean":
-        return "clean"
-    if PGD_KEY.match(key) or PGD_KPLUSM_KEY.match(key):
-        return "pgd"
-    return "imagenet-c" if key.startswith("imagenet-c/") else "other"
 
 
 def _imagenet_c_suite(settings: dict[str, Any], recorded: dict[str, Any] | None) -> dict[str, Any]:
@@ -168,13 +160,13 @@ def _imagenet_c_suite(settings: dict[str, Any], recorded: dict[str, Any] | None)
         return {"status": "skipped", "reason": recorded.get("reason") or IMAGENET_C_SKIPPED}
     errors: dict[str, dict[int, float]] = {}
     for s in settings.values():
-        if s.get("suite") == "imagenet-c":
+        if s.get("suite") == IMAGENET_C_SETTING_SUITE:
             errors.setdefault(s["corruption"], {})[int(s["severity"])] = s["error"]
     if not errors:
         return {"status": "skipped", "reason": "eval.json records ImageNet-C but lists no corruption setting"}
     cw_sd: dict[str, list[float]] = {}
     for s in settings.values():
-        if s.get("suite") == "imagenet-c":
+        if s.get("suite") == IMAGENET_C_SETTING_SUITE:
             cw_sd.setdefault(s["corruption"], []).append(s["classwise"]["sd"])
     out = {"status": "done", **{k: v for k, v in recorded.items() if k != "status"}, **corruption_errors(errors)}
     for name, per in out["corruptions"].items():
@@ -188,32 +180,32 @@ def _imagenet_c_suite(settings: dict[str, Any], recorded: dict[str, Any] | None)
 def _rescored_suites(model: dict[str, Any], clean: Predictions | None, real_path: str | None,
                      sources: Sources) -> None:
     """ReaL (as the setting "real") and ImageNet-X, both re-scoring the clean predictions."""
-    from fastadv.imagenet_x import imagenet_x_suite
-    from fastadv.real import real_suite
+    from fastadv.analysis.imagenet_x import imagenet_x_suite
+    from fastadv.analysis.real import real_suite
 
     suites = model["suites"]
     if clean is None:
-        suites["clean"] = {"status": "skipped", "reason": "no clean predictions (predictions/clean.csv)"}
+        suites[CLEAN] = {"status": "skipped", "reason": f"no clean predictions (predictions/{CLEAN}.csv)"}
         reason = "needs the clean predictions, which are missing"
-        suites["real"] = suites["imagenet_x"] = {"status": "skipped", "reason": reason}
+        suites[REAL] = suites[IMAGENET_X] = {"status": "skipped", "reason": reason}
         return
-    suites["clean"] = {"status": "done", "setting": "clean"}
+    suites[CLEAN] = {"status": "done", "setting": CLEAN}
     args = (clean.file_names, clean.predicted, clean.true, model["class_names"], model["num_classes"])
     try:
         real = real_suite(*args, path=real_path)
-        model["settings"]["real"] = real
-        suites["real"] = {"status": "done", "setting": "real", "source": real["source"]}
+        model["settings"][REAL] = real
+        suites[REAL] = {"status": "done", "setting": REAL, "source": real["source"]}
     except SuiteSkipped as e:
-        suites["real"] = {"status": "skipped", "reason": str(e)}
+        suites[REAL] = {"status": "skipped", "reason": str(e)}
     try:
         export = None
         if sources.export_dir is not None:
             export = Path(sources.export_dir) / f"{_safe(model['model'])}.csv"
-        suites["imagenet_x"] = {"status": "done", **imagenet_x_suite(
+        suites[IMAGENET_X] = {"status": "done", **imagenet_x_suite(
             clean.file_names, clean.predicted, clean.probability, clean.true, model["class_names"],
             model["num_classes"], export=export)}
     except SuiteSkipped as e:
-        suites["imagenet_x"] = {"status": "skipped", "reason": str(e)}
+        suites[IMAGENET_X] = {"status": "skipped", "reason": str(e)}
 
 
 def _safe(name: str) -> str:
@@ -275,29 +267,23 @@ def _csv_model(path: Path, sources: Sources) -> dict[str, Any]:
         class_names = list(imagenet_wnids())
     except SuiteSkipped:
         class_names = [str(i) for i in range(NUM_CLASSES)]
-    settings = {"clean": {"title": "clean", "suite": "clean", **setting_metrics(preds, NUM_CLASSES)}}
+    settings = {CLEAN: {**clean_setting().info(), **setting_metrics(preds, NUM_CLASSES)}}
     model = {"model": path.stem, "arch": None, "num_classes": NUM_CLASSES, "num_aux": 0, "label_augmented": False,
              "class_names": class_names, "source": str(path), "eval_dir": None, "settings": settings, "suites": {}}
     _rescored_suites(model, preds, sources.real_labels, sources)
-    model["suites"]["imagenet_c"] = {"status": "skipped", "reason": FOREIGN}
-    model["suites"]["pgd"] = {"status": "skipped", "reason": FOREIGN}
+    model["suites"][IMAGENET_C] = {"status": "skipped", "reason": FOREIGN}
+    for suite in suite_specs(ATTACK):
+        model["suites"][suite.name] = {"status": "skipped", "reason": FOREIGN}
     return model
 
 
 # ---------------------------------------------------------------- headline numbers
 
 
-def pgd_keys(model: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(K-head PGD setting, K+M PGD setting) of a model, e.g. ("pgd40", "pgd40-kplusm")."""
-    k = next((key for key in model["settings"] if PGD_KEY.match(key)), None)
-    km = next((key for key in model["settings"] if PGD_KPLUSM_KEY.match(key)), None)
-    return k, km
-
-
 def headline(model: dict[str, Any]) -> dict[str, Any]:
     """The numbers of the paper's Tables 1 and 2 for one model (fractions; None when skipped)."""
     s = model["settings"]
-    k, km = pgd_keys(model)
+    attacks = [(spec, *attack_keys(s, spec)) for spec in setting_specs(ATTACK)]
 
     def get(key: str | None, *path: str) -> float | None:
         value: Any = s.get(key) if key else None
@@ -305,21 +291,26 @@ def headline(model: dict[str, Any]) -> dict[str, Any]:
             value = value.get(p) if isinstance(value, dict) else None
         return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
-    c = model["suites"].get("imagenet_c", {})
-    x = model["suites"].get("imagenet_x", {})
+    c = model["suites"].get(IMAGENET_C, {})
+    x = model["suites"].get(IMAGENET_X, {})
     ratios = {f: v["error_ratio"] for f, v in (x.get("factors") or {}).items() if v.get("error_ratio") is not None}
     worst = max(ratios, key=ratios.get) if ratios else None
-    return {
-        "clean_error": get("clean", "error"),
-        "real_error": get("real", "error"),
+    out = {
+        "clean_error": get(CLEAN, "error"),
+        "real_error": get(REAL, "error"),
         "mce": c.get("mce") if c.get("status") == "done" else None,
         "mce_alexnet": c.get("mce_alexnet") if c.get("status") == "done" else None,
         "mce_complete": c.get("complete") if c.get("status") == "done" else None,
-        "pgd_setting": k, "pgd_error": get(k, "error"),
-        "pgd_kplusm_error": get(km, "error"),
-        "clean_classwise_mean": get("clean", "classwise", "mean"), "clean_classwise_sd": get("clean", "classwise", "sd"),
-        "real_classwise_mean": get("real", "classwise", "mean"), "real_classwise_sd": get("real", "classwise", "sd"),
-        "pgd_classwise_mean": get(k, "classwise", "mean"), "pgd_classwise_sd": get(k, "classwise", "sd"),
+    }
+    for spec, k, km in attacks:
+        out |= {headline_field(spec, "setting"): k, headline_field(spec, "error"): get(k, "error"),
+                headline_field(spec, "error", kplusm=True): get(km, "error")}
+    for name in (CLEAN, REAL):
+        out |= {f"{name}_classwise_mean": get(name, "classwise", "mean"), f"{name}_classwise_sd": get(name, "classwise", "sd")}
+    for spec, k, _ in attacks:
+        out |= {headline_field(spec, "classwise_mean"): get(k, "classwise", "mean"),
+                headline_field(spec, "classwise_sd"): get(k, "classwise", "sd")}
+    return out | {
         "imagenet_x_average_error": x.get("average_error") if x.get("status") == "done" else None,
         "imagenet_x_worst_factor": worst, "imagenet_x_worst_error_ratio": ratios.get(worst) if worst else None,
         "skipped": {name: v["reason"] for name, v in model["suites"].items() if v.get("status") != "done"},

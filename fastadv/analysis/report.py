@@ -2,7 +2,9 @@
 self-contained file) and the figures, for every evaluated model side by side.
 
 Table 1: clean / mCE / PGD-40 error; Table 2: class-wise mean and SD for clean, ReaL, PGD-40.
-A suite without data appears as "skipped" with its reason, never silently missing.
+The attack columns, notes and suites rows come from the fastadv.suites registry (one pair of
+K-head / K+M columns per ATTACK). A suite without data appears as "skipped" with its reason,
+never silently missing.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from fastadv.errors import FastadvError
-from fastadv.figures import classwise_figure, imagenet_c_figure, imagenet_x_figure
-from fastadv.metrics import CORRUPTIONS, relative_change
+from fastadv.analysis.figures import classwise_figure, imagenet_c_figure, imagenet_x_figure
+from fastadv.analysis.metrics import CORRUPTIONS, relative_change
+from fastadv.analysis.report_render import Bullets, Doc, Figure, Heading, Para, Table, to_html, to_markdown
+from fastadv.analysis.scoring import Sources, find_inputs, headline, model_metrics
 from fastadv.fileio import atomic_write
-from fastadv.report_render import Bullets, Doc, Figure, Heading, Para, Table, to_html, to_markdown
-from fastadv.scoring import Sources, find_inputs, headline, model_metrics, pgd_keys
+from fastadv.suites import (ATTACK, CLEAN, IMAGENET_C, IMAGENET_C_SETTING_SUITE, IMAGENET_X, REAL, TPGD, SettingSpec,
+                            attack_keys, setting_spec, setting_specs, suite_spec, suite_specs)
 
 DASH = "—"
 SKIPPED = "skipped"
 ROLES = (("adv-plus", "Adv+"), ("adv", "Adv"), ("std", "Std"))  # longest suffix first
-SUITES = (("clean", "clean"), ("real", "ImageNet-ReaL"), ("imagenet_c", "ImageNet-C"),
-          ("imagenet_x", "ImageNet-X"), ("pgd", "PGD"))
 
 
 def _finite(obj: Any) -> Any:
@@ -59,6 +61,25 @@ def _reason(model: dict[str, Any], suite: str) -> str:
     return model["suites"].get(suite, {}).get("reason", "not evaluated")
 
 
+def _attacks(models: list[dict[str, Any]]) -> list[SettingSpec]:
+    """The registered attacks the tables show: always_reported ones, and any a model was evaluated with."""
+    return [spec for spec in setting_specs(ATTACK)
+            if spec.always_reported or any(k or km for m in models for k, km in [attack_keys(m["settings"], spec)])]
+
+
+def _attack_suites(attacks: list[SettingSpec]) -> list[str]:
+    return list(dict.fromkeys(spec.suite for spec in attacks))
+
+
+def _keys(model: dict[str, Any], spec: SettingSpec) -> tuple[str | None, str | None]:
+    return attack_keys(model["settings"], spec)
+
+
+def _title(models: list[dict[str, Any]], spec: SettingSpec) -> str:
+    """The attack's display name from the first model that has one of its settings ("PGD-40")."""
+    return spec.display(next((k for m in models for k in _keys(m, spec) if k), None))
+
+
 def _role(name: str) -> str | None:
     """Std / Adv / Adv+ when the model name ends in std / adv / adv-plus after a separator."""
     low = name.lower()
@@ -81,7 +102,7 @@ def _pairs(models: list[dict[str, Any]]) -> list[tuple[str, dict, str, dict]]:
 
 
 def _mce(model: dict[str, Any], field: str) -> str:
-    c = model["suites"].get("imagenet_c", {})
+    c = model["suites"].get(IMAGENET_C, {})
     if c.get("status") != "done":
         return SKIPPED
     value = _pct(c.get(field))
@@ -101,19 +122,24 @@ def _skip_notes(models: list[dict[str, Any]], suite: str, label: str) -> list[st
 
 def _relative_lines(models: list[dict[str, Any]]) -> list[str]:
     lines = []
+    attacks = _attacks(models)
     for la, before, lb, after in _pairs(models):
-        (kb, kmb), (ka, kma) = pgd_keys(before), pgd_keys(after)
-        pgd = f"PGD-{(ka or kb or 'pgd40')[3:]}"
+        keys = [(spec.display(_keys(after, spec)[0] or _keys(before, spec)[0]), *_keys(before, spec), *_keys(after, spec))
+                for spec in attacks]
         quantities = [
-            ("clean error", _cw(before, "clean", "mean"), _cw(after, "clean", "mean")),
-            ("ReaL error", _cw(before, "real", "mean"), _cw(after, "real", "mean")),
-            ("mCE (unnormalized)", before["suites"].get("imagenet_c", {}).get("mce"),
-             after["suites"].get("imagenet_c", {}).get("mce")),
-            (f"{pgd} error (K-head)", _cw(before, kb, "mean"), _cw(after, ka, "mean")),
-            (f"{pgd} error (paper attack, K+M)", _cw(before, kmb or kb, "mean") if kma else None, _cw(after, kma, "mean")),
-            ("clean SD", _cw(before, "clean", "sd"), _cw(after, "clean", "sd")),
-            (f"{pgd} SD (K-head)", _cw(before, kb, "sd"), _cw(after, ka, "sd")),
+            ("clean error", _cw(before, CLEAN, "mean"), _cw(after, CLEAN, "mean")),
+            ("ReaL error", _cw(before, REAL, "mean"), _cw(after, REAL, "mean")),
+            ("mCE (unnormalized)", before["suites"].get(IMAGENET_C, {}).get("mce"),
+             after["suites"].get(IMAGENET_C, {}).get("mce")),
         ]
+        for title, kb, kmb, ka, kma in keys:
+            quantities += [
+                (f"{title} error (K-head)", _cw(before, kb, "mean"), _cw(after, ka, "mean")),
+                (f"{title} error (paper attack, K+M)", _cw(before, kmb or kb, "mean") if kma else None,
+                 _cw(after, kma, "mean")),
+            ]
+        quantities.append(("clean SD", _cw(before, CLEAN, "sd"), _cw(after, CLEAN, "sd")))
+        quantities += [(f"{title} SD (K-head)", _cw(before, kb, "sd"), _cw(after, ka, "sd")) for title, kb, _, ka, _ in keys]
         names = f" ({before['model']} → {after['model']})" if la != before["model"] else ""
         for what, b, a in quantities:
             if b is None or a is None:
@@ -124,43 +150,37 @@ def _relative_lines(models: list[dict[str, Any]]) -> list[str]:
     return lines or ["(only one model: nothing to compare)"]
 
 
-def _attack_note(models: list[dict[str, Any]]) -> str:
+def _attack_note(models: list[dict[str, Any]], spec: SettingSpec) -> str:
     groups: dict[str, list[str]] = {}
     for m in models:
-        for key in pgd_keys(m):
+        for key in _keys(m, spec):
             s = m["settings"].get(key) if key else None
-            if s is not None and "eps" in s:
-                params = f"eps={s['eps']:.4g} ({s['eps'] * 255:.3g}/255), steps={s.get('steps')}, alpha={s.get('alpha'):.4g}"
+            params = spec.params(s) if s is not None else None
+            if params is not None:
                 groups.setdefault(params, []).append(f"{m['model']} {key}")
     if not groups:
         return ""
     if len(groups) == 1:
-        return f"Attack parameters (from eval.json): {next(iter(groups))} for every PGD setting."
+        return f"Attack parameters (from eval.json): {next(iter(groups))} for every {spec.label} setting."
     return "Attack parameters (from eval.json): " + "; ".join(f"{p} ({', '.join(w)})" for p, w in groups.items()) + "."
 
 
 def _suite_rows(models: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for m in models:
-        for suite, label in SUITES:
-            s = m["suites"].get(suite, {})
+        for suite in suite_specs():
+            s = m["suites"].get(suite.name, {})
             if s.get("status") == "done":
-                detail = {"real": lambda: f"labels {s.get('source')}",
-                          "imagenet_c": lambda: f"{s.get('source')} {s.get('path')}, {len(s.get('corruptions', {}))} "
-                                                f"corruption(s) x severities {s.get('severities')}",
-                          "imagenet_x": lambda: f"{s.get('images')} annotated images, {s.get('which_factor')} factor",
-                          "pgd": lambda: ", ".join(s.get("settings", [])),
-                          }.get(suite, lambda: "")()
-                rows.append([m["model"], label, "done", detail])
+                rows.append([m["model"], suite.label, "done", suite.detail(s)])
             else:
-                rows.append([m["model"], label, SKIPPED, s.get("reason", "not evaluated")])
+                rows.append([m["model"], suite.label, SKIPPED, s.get("reason", "not evaluated")])
     return rows
 
 
 def _document(models: list[dict[str, Any]], figures: dict[str, str | None]) -> Doc:
     doc = Doc("fastadv class-wise robustness report")
-    any_pgd = next((k for m in models for k in pgd_keys(m) if k), None)
-    steps = any_pgd[3:].split("-")[0] if any_pgd else "40"
+    attacks = _attacks(models)
+    titles = [_title(models, spec) for spec in attacks]
     doc.add(
         Para("Made by `fastadv metrics` / `fastadv report` from the per-image prediction CSVs below; every number "
              "is recomputed from those files alone (no model, no GPU). Errors are top-1 error rates in %; SD is the "
@@ -169,33 +189,41 @@ def _document(models: list[dict[str, Any]], figures: dict[str, str | None]) -> D
                  for m in models]),
         Heading(2, "Suites"), Table(["model", "suite", "status", "details / reason"], _suite_rows(models), 99),
         Heading(2, "Table 1: error rates (%)"),
-        Table(["model", "Clean", "mCE (paper, unnormalized)", "mCE (AlexNet-normalized)", f"PGD-{steps} (K-head)",
-               f"PGD-{steps} (K+M, LA only)"],
-              [[m["model"], _pct(_err(m, "clean")), _mce(m, "mce"), _mce(m, "mce_alexnet"),
-                _pct(_err(m, pgd_keys(m)[0])) if _done(m, "pgd") else SKIPPED,
-                _pct(_err(m, pgd_keys(m)[1])) if m["label_augmented"] else DASH] for m in models]),
+        Table(["model", "Clean", "mCE (paper, unnormalized)", "mCE (AlexNet-normalized)",
+               *[h for t in titles for h in (f"{t} (K-head)", f"{t} (K+M, LA only)")]],
+              [[m["model"], _pct(_err(m, CLEAN)), _mce(m, "mce"), _mce(m, "mce_alexnet"),
+                *[c for spec in attacks for c in (_pct(_err(m, _keys(m, spec)[0])) if _done(m, spec.suite) else SKIPPED,
+                                                  _pct(_err(m, _keys(m, spec)[1])) if m["label_augmented"] else DASH)]]
+               for m in models]),
     )
-    notes = _skip_notes(models, "imagenet_c", "mCE") + _skip_notes(models, "pgd", "PGD")
+    notes = _skip_notes(models, IMAGENET_C, "mCE")
+    for suite in _attack_suites(attacks):
+        notes += _skip_notes(models, suite, suite_spec(suite).label)
     notes.append("mCE (paper) = mean over the 15 corruptions of CE_c = mean over severities 1-5 of the error; the "
                  "AlexNet-normalized mCE divides each CE_c by AlexNet's error on that corruption first.")
-    notes.append(f"PGD-{steps} (K-head) attacks the K class logits only (the adaptive attack for label-augmented "
-                 f"models); PGD-{steps} (K+M) attacks all K+M logits as the paper does.")
-    if _attack_note(models):
-        notes.append(_attack_note(models))
+    for spec, t in zip(attacks, titles):
+        notes.append(f"{t} (K-head) attacks the K class logits only (the adaptive attack for label-augmented "
+                     f"models); {t} (K+M) attacks all K+M logits as the paper does.")
+        if _attack_note(models, spec):
+            notes.append(_attack_note(models, spec))
     doc.add(Bullets(notes), Heading(2, "Table 2: class-wise error (%)"))
     rows = []
     for m in models:
-        k = pgd_keys(m)[0]
-        real = [_pct(_cw(m, "real", "mean")), _pct(_cw(m, "real", "sd"))] if _done(m, "real") else [SKIPPED] * 2
-        rows.append([m["model"], _pct(_cw(m, "clean", "mean")), _pct(_cw(m, "clean", "sd")), *real,
-                     _pct(_cw(m, k, "mean")), _pct(_cw(m, k, "sd"))])
-    doc.add(Table(["model", "clean mean", "clean SD", "ReaL mean", "ReaL SD", f"PGD-{steps} mean", f"PGD-{steps} SD"], rows))
-    doc.add(Bullets(_skip_notes(models, "real", "ReaL") + [
+        real = [_pct(_cw(m, REAL, "mean")), _pct(_cw(m, REAL, "sd"))] if _done(m, REAL) else [SKIPPED] * 2
+        rows.append([m["model"], _pct(_cw(m, CLEAN, "mean")), _pct(_cw(m, CLEAN, "sd")), *real,
+                     *[c for spec in attacks for c in (_pct(_cw(m, _keys(m, spec)[0], "mean")),
+                                                       _pct(_cw(m, _keys(m, spec)[0], "sd")))]])
+    doc.add(Table(["model", "clean mean", "clean SD", "ReaL mean", "ReaL SD",
+                   *[h for t in titles for h in (f"{t} mean", f"{t} SD")]], rows))
+    k_head = (f"{titles[0]} here is the K-head attack; the K+M attack's numbers are in the detail." if len(titles) == 1
+              else f"{' and '.join(titles)} here are the K-head attacks; the K+M attacks' numbers are in the detail."
+              if titles else "")
+    doc.add(Bullets(_skip_notes(models, REAL, "ReaL") + [
         "Class-wise mean and SD over classes (ddof = 0). ReaL groups the images with a non-empty ReaL list by "
-        f"their original class. PGD-{steps} here is the K-head attack; the K+M attack's numbers are in the detail."]))
+        f"their original class. {k_head}".rstrip()]))
     _classwise_detail(doc, models)
-    _imagenet_c_section(doc, models, figures.get("imagenet_c"))
-    _imagenet_x_section(doc, models, figures.get("imagenet_x"))
+    _imagenet_c_section(doc, models, figures.get(IMAGENET_C))
+    _imagenet_x_section(doc, models, figures.get(IMAGENET_X))
     _temperature_section(doc, models)
     doc.add(Heading(2, "Relative changes"),
             Para("As in the paper's text: (before - after) / before of the class-wise mean error (or SD; mCE as is), "
@@ -213,7 +241,7 @@ def _classwise_detail(doc: Doc, models: list[dict[str, Any]]) -> None:
     rows = []
     for m in models:
         for key, s in m["settings"].items():
-            if s.get("suite") == "imagenet-c":
+            if s.get("suite") == IMAGENET_C_SETTING_SUITE:
                 continue
             cw = s["classwise"]
             worst = DASH if cw["worst_class"] is None else m["class_names"][cw["worst_class"]]
@@ -231,10 +259,11 @@ def _classwise_detail(doc: Doc, models: list[dict[str, Any]]) -> None:
 def _temperature_section(doc: Doc, models: list[dict[str, Any]]) -> None:
     """Class-wise attack analysis: per-class robust error under PGD vs Temperature-PGD (eval.temperatures)."""
     rows = []
+    spec = setting_spec(TPGD)
     for m in models:
-        base = pgd_keys(m)[0]
+        base = _keys(m, setting_spec(spec.compare_to))[0]
         for key, s in m["settings"].items():
-            if s.get("suite") != "tpgd" or base is None:
+            if s.get("suite") != spec.suite or base is None:
                 continue
             before = m["settings"][base]["per_class_error"]
             after = s["per_class_error"]
@@ -256,12 +285,12 @@ def _temperature_section(doc: Doc, models: list[dict[str, Any]]) -> None:
 
 def _imagenet_c_section(doc: Doc, models: list[dict[str, Any]], figure: str | None) -> None:
     doc.add(Heading(2, "ImageNet-C: error per corruption and severity (%)"))
-    done = [m for m in models if _done(m, "imagenet_c")]
-    notes = _skip_notes(models, "imagenet_c", "ImageNet-C")
+    done = [m for m in models if _done(m, IMAGENET_C)]
+    notes = _skip_notes(models, IMAGENET_C, suite_spec(IMAGENET_C).label)
     if done:
         rows = []
         for m in done:
-            for name, per in m["suites"]["imagenet_c"]["corruptions"].items():
+            for name, per in m["suites"][IMAGENET_C]["corruptions"].items():
                 errs = per["errors"]
                 sev = [_pct(errs.get(s, errs.get(str(s)))) for s in range(1, 6)]
                 rows.append([m["model"], name, *sev, _pct(per["ce"]), DASH if per["ce_alexnet"] is None
@@ -278,22 +307,22 @@ def _imagenet_c_section(doc: Doc, models: list[dict[str, Any]], figure: str | No
 
 def _imagenet_x_section(doc: Doc, models: list[dict[str, Any]], figure: str | None) -> None:
     doc.add(Heading(2, "ImageNet-X: error rate and error ratio per factor"))
-    done = [m for m in models if _done(m, "imagenet_x")]
-    notes = _skip_notes(models, "imagenet_x", "ImageNet-X")
+    done = [m for m in models if _done(m, IMAGENET_X)]
+    notes = _skip_notes(models, IMAGENET_X, suite_spec(IMAGENET_X).label)
     if done:
-        factors = list(done[0]["suites"]["imagenet_x"]["factors"])
+        factors = list(done[0]["suites"][IMAGENET_X]["factors"])
         header = ["factor"] + [h for m in done for h in (f"{m['model']} images", f"{m['model']} error %",
                                                             f"{m['model']} error ratio")]
         rows = []
         for f in factors:
             row = [f]
             for m in done:
-                v = m["suites"]["imagenet_x"]["factors"][f]
+                v = m["suites"][IMAGENET_X]["factors"][f]
                 row += [str(v["images"]), _pct(v["error"]),
                         DASH if v["error_ratio"] is None else f"{v['error_ratio']:.3f}"]
             rows.append(row)
         rows.append(["(annotated subset)"] + [c for m in done for c in (
-            str(m["suites"]["imagenet_x"]["images"]), _pct(m["suites"]["imagenet_x"]["average_error"]), "1.000")])
+            str(m["suites"][IMAGENET_X]["images"]), _pct(m["suites"][IMAGENET_X]["average_error"]), "1.000")])
         doc.add(Table(header, rows))
         notes.append("Computed with the imagenet-x package's own functions (compute_factor_accuracies, error_ratio) "
                      "on the clean predictions: error ratio = (1 - acc_f) / (1 - acc_avg) over the annotated images; "
@@ -324,8 +353,8 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources
                                "pass each model once, or give the runs distinct names.")
         seen[m["model"]] = p
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = {"classwise": classwise_figure(models, out_dir), "imagenet_c": imagenet_c_figure(models, out_dir),
-               "imagenet_x": imagenet_x_figure(models, out_dir)}
+    figures = {"classwise": classwise_figure(models, out_dir), IMAGENET_C: imagenet_c_figure(models, out_dir),
+               IMAGENET_X: imagenet_x_figure(models, out_dir)}
     metrics = {
         "units": "errors are fractions in [0, 1]; SD is the population SD across classes (ddof = 0)",
         "headline": {m["model"]: _finite(headline(m)) for m in models},

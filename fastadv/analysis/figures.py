@@ -14,11 +14,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fastadv.fileio import atomic_write
+from fastadv import suites
 
 CLASSWISE = "classwise_error.png"
 IMAGENET_C = "imagenet_c_error.png"
 IMAGENET_X = "imagenet_x_factors.png"
-FIRST = ("clean", "real")  # then PGD, then the rest, in the models' order
+FIRST = (suites.CLEAN, suites.REAL)  # then the attacks' settings (suites.ATTACK), then the rest, in the models' order
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -37,14 +38,14 @@ def _grid(n: int, ncols: int, size: tuple[float, float]):
 
 
 def classwise_figure(models: list[dict[str, Any]], out_dir: Path) -> str | None:
-    """One panel per setting except ImageNet-C (clean, ReaL, PGD first); classes sorted by error."""
+    """One panel per setting except ImageNet-C (clean, ReaL, the attacks first); classes sorted by error."""
     titles: dict[str, str] = {}
     for m in models:
         for key, s in m["settings"].items():
-            if s.get("suite") != "imagenet-c":
+            if s.get("suite") != suites.IMAGENET_C_SETTING_SUITE:
                 titles.setdefault(key, str(s.get("title", key)))
     keys = [k for k in FIRST if k in titles]
-    keys += [k for k in titles if k.startswith("pgd") and k not in keys]
+    keys += [k for k in titles if getattr(suites.spec_of(k), "kind", None) == suites.ATTACK and k not in keys]
     keys += [k for k in titles if k not in keys]
     if not keys:
         return None
@@ -69,16 +70,16 @@ def classwise_figure(models: list[dict[str, Any]], out_dir: Path) -> str | None:
 
 def imagenet_c_figure(models: list[dict[str, Any]], out_dir: Path) -> str | None:
     """One panel per corruption: error (%) against severity, one line per model."""
-    done = [(i, m) for i, m in enumerate(models) if m["suites"].get("imagenet_c", {}).get("status") == "done"]
+    done = [(i, m) for i, m in enumerate(models) if m["suites"].get(suites.IMAGENET_C, {}).get("status") == "done"]
     if not done:
         return None
     names: list[str] = []
     for _, m in done:
-        names += [c for c in m["suites"]["imagenet_c"]["corruptions"] if c not in names]
+        names += [c for c in m["suites"][suites.IMAGENET_C]["corruptions"] if c not in names]
     fig, axes = _grid(len(names), 5, (3.2, 2.8))
     for ax, name in zip(axes, names):
         for i, m in done:
-            per = m["suites"]["imagenet_c"]["corruptions"].get(name)
+            per = m["suites"][suites.IMAGENET_C]["corruptions"].get(name)
             if per is None:
                 continue
             sev = sorted(int(s) for s in per["errors"])
@@ -97,16 +98,16 @@ def imagenet_c_figure(models: list[dict[str, Any]], out_dir: Path) -> str | None
 
 def imagenet_x_figure(models: list[dict[str, Any]], out_dir: Path) -> str | None:
     """Two panels: error rate (%) and error ratio per factor, grouped bars, one colour per model."""
-    done = [(i, m) for i, m in enumerate(models) if m["suites"].get("imagenet_x", {}).get("status") == "done"]
+    done = [(i, m) for i, m in enumerate(models) if m["suites"].get(suites.IMAGENET_X, {}).get("status") == "done"]
     if not done:
         return None
-    factors = list(done[0][1]["suites"]["imagenet_x"]["factors"])
+    factors = list(done[0][1]["suites"][suites.IMAGENET_X]["factors"])
     fig, axes = _grid(2, 1, (max(8.0, 0.6 * len(factors)), 3.6))
     width = 0.8 / len(done)
     x = np.arange(len(factors))
     for ax, field, label in ((axes[0], "error", "error rate (%)"), (axes[1], "error_ratio", "error ratio")):
         for j, (i, m) in enumerate(done):
-            per = m["suites"]["imagenet_x"]["factors"]
+            per = m["suites"][suites.IMAGENET_X]["factors"]
             scale = 100 if field == "error" else 1
             vals = [np.nan if per[f][field] is None else scale * per[f][field] for f in factors]
             ax.bar(x - 0.4 + width * (j + 0.5), vals, width, color=f"C{i % 10}", label=m["model"])

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fastadv.errors import FastadvError
-from fastadv.predictions import Predictions
+from fastadv.analysis.predictions import Predictions
 
 
 def top1_error(pred: np.ndarray, true: np.ndarray) -> float:
