@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from fastadv import distributed
 from fastadv.attacks import PGD
@@ -27,9 +26,11 @@ from fastadv.config import apply_override, from_dict, parse_temperatures, valida
 from fastadv.data import build_dataset, build_loader
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
 from fastadv.errors import FastadvError
+from fastadv.fileio import atomic_write_text
 from fastadv.imagenet_c import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
 from fastadv.predictions import write_predictions
+from fastadv.progress import progress_bar
 from fastadv.scoring import IMAGENET_C_SKIPPED
 from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
 
@@ -118,7 +119,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     info["suites"] = {"imagenet_c": _imagenet_c(model, dataset, clean_rows, cfg, device, amp, batch_size,
                                                 out, info, progress)}
     if distributed.is_main():
-        (out / "eval.json").write_text(json.dumps(info, indent=2))
+        atomic_write_text(out / "eval.json", json.dumps(info, indent=2))
     return out
 
 
@@ -145,6 +146,7 @@ def _run_setting(model, dataset, data_cfg, setting: Setting, meta: dict[str, Any
         write_predictions(out / "predictions" / f"{setting.key}.csv", names, rows["pred"], rows["prob"], rows["true"])
     info["settings"][setting.key] = {**meta, "images": len(names), "seconds": seconds,
                                      "images_per_sec": len(names) / max(seconds, 1e-9),
+                                     "accuracy": sum(p == t for p, t in zip(rows["pred"], rows["true"])) / max(len(names), 1),
                                      "skipped_images": rows["skipped"]}
     return rows
 
@@ -191,7 +193,7 @@ def _imagenet_c(model, dataset, clean_rows: dict[str, Any], cfg, device, amp, ba
 def _predict(model, loader, setting: Setting, cfg, device, amp, progress: bool) -> dict[str, Any]:
     k = cfg.model.num_classes
     index, pred, prob, true, skipped = [], [], [], [], 0
-    for batch in tqdm(loader, desc=f"{cfg.name}: {setting.key}", unit="batch", disable=not progress, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc=f"{cfg.name}: {setting.key}", unit="batch", disable=not progress):
         skipped += batch.skipped
         if batch.images.shape[0] == 0:
             continue
