@@ -48,6 +48,16 @@ def _needed_bytes(write: Callable[[IO], object], mode: str) -> int | None:
     return sink.size
 
 
+def _is_disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC / EDQUOT, also when a writer wrapped it (torch.save turns it into a RuntimeError)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def _disk_full(path: Path, write: Callable[[IO], object], mode: str) -> FastadvError:
     needed = _needed_bytes(write, mode)
     free = shutil.disk_usage(path.parent).free
@@ -79,7 +89,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], object], mode: s
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if _is_disk_full(exc):
             raise _disk_full(path, write, mode) from None
         raise
 
