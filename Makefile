@@ -10,6 +10,13 @@ STAMP := $(VENV)/.fastadv-installed
 RUNS ?= runs
 DATA ?=
 ARGS ?=
+# EXTRAS=dali,ffcv: also install the optional data backends (requirements-<name>.txt; FFCV needs system-deps).
+EXTRAS ?=
+comma := ,
+EXTRA_LIST := $(subst $(comma), ,$(EXTRAS))
+EXTRA_STAMPS := $(foreach e,$(EXTRA_LIST),$(VENV)/.fastadv-extra-$(e))
+# FORCE=1: train again even when the run folder holds a finished run (else it is reused, make-style).
+FORCE ?=
 
 ifeq ($(strip $(DATA)),)
   PREFIX := demo
@@ -24,15 +31,15 @@ CKPTS ?= $(foreach m,$(MODELS),$(wildcard $(RUNS)/$(PREFIX)-$(m)))
 # System packages FFCV builds against (Debian names); `make system-deps` installs the missing ones.
 SYSTEM_DEPS := pkg-config g++ libturbojpeg0-dev libopencv-dev
 
-.PHONY: help system-deps install test bench train-std train-adv train-adv-plus eval clean-runs
+.PHONY: help system-deps install demo-methods test bench train-std train-adv train-adv-plus eval clean-runs
 
 help:  ## list the targets
 	@echo "make system-deps      apt-get the packages FFCV builds against ($(SYSTEM_DEPS))"
-	@echo "make install          create .venv and install fastadv with its test extras (quick when done)"
+	@echo "make install          create .venv and install fastadv with its test extras (quick when done); EXTRAS=dali,ffcv adds the data backends"
 	@echo "make test             run the test suite (CPU; Triton kernels under TRITON_INTERPRET=1)"
 	@echo "make train-std        train, evaluate and report Std   (demo data, or DATA=/path/to/imagenet)"
 	@echo "make train-adv        train, evaluate and report Adv   (PGD-10 adversarial training)"
-	@echo "make train-adv-plus   train, evaluate and report Adv+  (PGD-10 + label augmentation)"
+	@echo "make train-adv-plus   train, evaluate and report Adv+  (PGD-10 + label augmentation); a finished run is reused (FORCE=1 redoes it)"
 	@echo "make bench            images/sec, memory, TFLOP/s: fast path vs baselines -> bench/results/"
 	@echo "make eval             evaluate every trained run (CKPTS) into one report: RUNS/report (IMAGENET= IMAGENET_C= REAL=)"
 	@echo "make demo-methods     every class-wise method (std ... adv-plus-cfa) x SEEDS on the demo, one report"
@@ -47,13 +54,23 @@ system-deps:  ## apt-get the system packages FFCV builds against (quick when pre
 	echo "make system-deps: installing$$missing"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing
 
-install: system-deps $(STAMP)  ## create .venv and install fastadv with its test extras (quick when done)
+install: $(STAMP) $(EXTRA_STAMPS)  ## create .venv and install fastadv with its test extras (quick when done; EXTRAS=dali,ffcv)
 
-$(STAMP): pyproject.toml requirements.txt | system-deps
+# pip runs without -q: every package it collects and installs is printed as it goes.
+$(STAMP): pyproject.toml requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
-	$(BIN)/python -m pip install -q --no-deps -e '.[test]'
+	@echo "make install: installing fastadv and its dependencies into $(VENV) (torch is ~4 GB with its CUDA libraries)"
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -e '.[test]'
+	@touch $@
+
+$(VENV)/.fastadv-extra-ffcv: requirements-ffcv.txt $(STAMP) | system-deps
+	$(BIN)/python -m pip install -r requirements-ffcv.txt
+	@touch $@
+
+$(VENV)/.fastadv-extra-%: requirements-%.txt $(STAMP)
+	$(BIN)/python -m pip install -r $<
 	@touch $@
 
 test: install  ## run the test suite (CPU; Triton kernels run under TRITON_INTERPRET=1)
@@ -70,9 +87,16 @@ else
   LAUNCH := $(BIN)/fastadv
 endif
 
+# A run folder whose log ends with a "done" event is reused (eval --skip-existing too); FORCE=1 moves it
+# aside (--overwrite) and trains again.
 $(addprefix train-,$(MODELS)): train-%: install  ## train-std | train-adv | train-adv-plus: train, evaluate and report one model (NPROC=N: torchrun)
-	$(LAUNCH) train --recipe $(PREFIX)-$* $(DATA_ARG) --out $(RUNS)/$(PREFIX)-$* $(ARGS)
-	$(LAUNCH) eval $(RUNS)/$(PREFIX)-$*
+	@run=$(RUNS)/$(PREFIX)-$*; \
+	if [ -z "$(FORCE)" ] && [ -f $$run/checkpoint.pt ] && tail -n 1 $$run/train.jsonl 2>/dev/null | grep -q '"event": "done"'; then \
+	  echo "make train-$*: $$run is a finished run, reused (FORCE=1 trains it again)"; \
+	else \
+	  $(LAUNCH) train --recipe $(PREFIX)-$* $(DATA_ARG) --out $$run $(if $(FORCE),--overwrite) $(ARGS); \
+	fi
+	$(LAUNCH) eval $(RUNS)/$(PREFIX)-$* $(if $(FORCE),,--skip-existing)
 	$(BIN)/fastadv report $(RUNS)/$(PREFIX)-$* --out $(RUNS)/$(PREFIX)-$*/report
 
 # make eval: IMAGENET = dataset root with val/ (default: the one each run trained on),

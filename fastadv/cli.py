@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
+import time
 from pathlib import Path
 
+from fastadv import __version__
 from fastadv.errors import FastadvError
 
-OVERRIDE_HELP = "config overrides as section.field=value, e.g. optim.epochs=2 attack.eps=4/255 data.batch_size=128"
+OVERRIDE_HELP = ("config overrides as section.field=value, e.g. optim.epochs=2 attack.eps=4/255 data.batch_size=128; "
+                 "name=NAME names the run in reports that compare runs side by side")
+TRAIN_EPILOG = """\
+run folder (--out): config.toml, checkpoint.pt, train.jsonl, dataset.json; one process at a time
+  (a lock); a folder that holds a run is refused: continue it with --resume or start over with
+  --overwrite (the old run is moved aside, never deleted).
+--resume: uses the configuration saved in the run folder; the only overrides accepted are
+  optim.epochs, train.max_steps, data.path (a moved dataset), how it runs (train.device,
+  train.compile, data.workers, train.progress, train.log_every, ...) and eval.*; the changes are
+  printed. Other training data (class list, image count) is refused unless --allow-new-dataset.
+train.max_steps=N: stops after N optimizer steps in total and compresses the whole cosine
+  learning-rate schedule into those N steps (it reaches optim.min_lr_ratio at step N).
+"""
 
 
 def _overrides(args: argparse.Namespace, **flags: str) -> list[str]:
@@ -20,14 +36,54 @@ def _overrides(args: argparse.Namespace, **flags: str) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> None:
+    """Validate everything (config, run folder, lock) before torch is imported, then train and summarize."""
+    from fastadv import runfolder
     from fastadv.config import load_config
-    from fastadv.train import train
 
-    overrides = _overrides(args, data="data.path", out="train.out_dir", init="model.init")
-    cfg = load_config(args.recipe, overrides)
-    resume = args.resume_from or (cfg.train.out_dir if args.resume else None)
-    path = train(cfg, resume=resume)
-    print(f"checkpoint: {path}\nlog: {Path(cfg.train.out_dir) / 'train.jsonl'}")
+    runfolder.check_out_path(args.out)
+    resume = args.resume_from or (args.resume and (args.out or (args.recipe and load_config(args.recipe).train.out_dir)))
+    if (args.resume or args.resume_from) and not resume:
+        raise FastadvError("--resume needs the run folder: pass --out RUN_FOLDER (or --resume-from PATH)")
+    if resume:
+        source = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        cfg, changes = runfolder.resume_config(source, _overrides(args, data="data.path", init="model.init"))
+        if args.out:
+            cfg.train.out_dir = args.out
+        if args.recipe:
+            print(f"--resume: the configuration saved in {source} is used; --recipe {args.recipe} is ignored")
+        print(runfolder.describe_changes(changes))
+    else:
+        if not args.recipe:
+            raise FastadvError("fastadv train needs --recipe NAME (see `fastadv recipes`), or --resume --out RUN")
+        cfg = load_config(args.recipe, _overrides(args, data="data.path", out="train.out_dir", init="model.init"))
+        runfolder.absolute_paths(cfg)
+    out = Path(cfg.train.out_dir)
+    restarting = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+    same_folder = bool(resume) and out.absolute() == source.absolute()
+    continuing = same_folder or ((cfg.train.auto_resume or restarting) and (out / "checkpoint.pt").is_file())
+    with runfolder.lock(out, "train"):
+        if not continuing and runfolder.is_main_process():
+            aside = runfolder.prepare_fresh(out, args.overwrite)
+            if aside:
+                print(f"--overwrite: the previous run in {out} was moved to {aside}")
+        log = out / "train.jsonl"
+        start_line = len(log.read_text(encoding="utf-8").splitlines()) if log.is_file() else 0
+        args.interrupt_hint = lambda: _resume_hint(out)
+        start = time.perf_counter()
+        from fastadv.train import train
+
+        train(cfg, resume=resume or None, allow_new_dataset=args.allow_new_dataset)
+    if runfolder.is_main_process():
+        from fastadv.summary import train_summary
+
+        print(train_summary(out, start_line, time.perf_counter() - start))
+
+
+def _resume_hint(out: Path) -> str:
+    """What Ctrl-C prints: the checkpoint's state and the exact command that continues the run."""
+    if not (out / "checkpoint.pt").is_file():
+        return "no checkpoint was written yet; run the same command again to start over (add --overwrite)"
+    return f"the last checkpoint {out / 'checkpoint.pt'} is intact; continue with:\n  fastadv train --resume --out {shlex.quote(str(out))}"
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -36,12 +92,20 @@ def _eval(args: argparse.Namespace) -> None:
     overrides = _overrides(args, data="data.path", imagenet_c="eval.imagenet_c", real="eval.real_labels")
     if args.out and len(args.runs) > 1:
         raise FastadvError("--out names one folder; with several runs leave it out (each run writes <run>/eval)")
+    from fastadv import runfolder
+    from fastadv.checkpoint import resolve_checkpoint
+    from fastadv.summary import eval_summary
+
+    runfolder.check_out_path(args.out)
     for run in args.runs:
         if args.skip_existing and _evaluated(run, args.out, overrides):
             print(f"{run}: already evaluated (eval.json newer than the checkpoint, same request), skipped")
             continue
-        out = evaluate(run, args.out, overrides, progress=not args.no_progress)
-        print(f"predictions and eval.json: {out}")
+        start = time.perf_counter()
+        with runfolder.lock(resolve_checkpoint(run).parent, "eval"):
+            out = evaluate(run, args.out, overrides, progress=not args.no_progress)
+        if runfolder.is_main_process():
+            print(eval_summary(out, time.perf_counter() - start))
 
 
 def _evaluated(run: str, out: str | None, overrides: list[str]) -> bool:
@@ -75,6 +139,9 @@ def _sources(args: argparse.Namespace):
 
 def _report(args: argparse.Namespace) -> None:
     from fastadv.analysis.report import build_report
+    from fastadv.runfolder import check_out_path
+
+    check_out_path(args.out)
 
     build_report(args.evals, Path(args.out), _sources(args))
     print(f"report: {Path(args.out) / 'report.md'} and {Path(args.out) / 'report.html'}")
@@ -84,10 +151,16 @@ def _metrics(args: argparse.Namespace) -> None:
     import json
 
     from fastadv.analysis.report import build_report
+    from fastadv.runfolder import check_out_path
+    from fastadv.summary import metrics_table
 
+    check_out_path(args.out)
     metrics = build_report(args.predictions, Path(args.out), _sources(args))
-    print(json.dumps({"report": str(Path(args.out) / "report.html"), "units": "error fractions in [0, 1]",
-                      "models": metrics["headline"]}, indent=2))
+    if args.json:
+        print(json.dumps({"report": str(Path(args.out) / "report.html"), "units": "error fractions in [0, 1]",
+                          "models": metrics["headline"]}, indent=2))
+    else:
+        print(metrics_table(metrics["headline"], Path(args.out)))
 
 
 def _recipes(args: argparse.Namespace) -> None:
@@ -113,15 +186,23 @@ def _is_fraction(text: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastadv", description="Fast adversarial training and class-wise robustness evaluation.")
+    parser.add_argument("--version", action="version", version=f"fastadv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model from a recipe", description="Train Std / Adv / Adv+ from a recipe; any field can be overridden.")
-    t.add_argument("--recipe", required=True, help="shipped recipe name (see `fastadv recipes`) or a .toml file")
+    t = sub.add_parser("train", help="train a model from a recipe", epilog=TRAIN_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train Std / Adv / Adv+ from a recipe; any field can be overridden.")
+    t.add_argument("--recipe", help="shipped recipe name (see `fastadv recipes`) or a .toml file (not needed with --resume)")
     t.add_argument("--data", help="dataset root with train/ and val/ class folders (sets data.path)")
     t.add_argument("--out", help="run folder for checkpoint, log and config (sets train.out_dir)")
     t.add_argument("--init", help="start from these weights: a torchvision .pth or a fastadv checkpoint (sets model.init)")
-    t.add_argument("--resume", action="store_true", help="resume from the run folder's checkpoint.pt")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with the configuration saved there (overrides: see below)")
     t.add_argument("--resume-from", metavar="PATH", help="resume from this checkpoint file or run folder")
+    t.add_argument("--overwrite", action="store_true",
+                   help="--out holds a run: move it aside to <out>.old-<time> (never deleted) and start fresh")
+    t.add_argument("--allow-new-dataset", action="store_true",
+                   help="resume even though the training data (class list, image count) differs from the run's")
     t.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     t.set_defaults(func=_train)
 
@@ -160,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--real", metavar="PATH", help="ReaL labels (real.json); default: as evaluated, else imagenet-x's copy")
     mt.add_argument("--labels", metavar="CSV", help="file_name,true_class for CSVs without true_class "
                     "(default: the ImageNet val labels shipped in imagenet-x)")
+    mt.add_argument("--json", action="store_true", help="print the headline metrics as JSON instead of a table")
     mt.set_defaults(func=_metrics)
 
     c = sub.add_parser("recipes", help="list the shipped recipes, each with its one-line description")
@@ -209,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastadv: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fastadv: interrupted", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", None)
+        print("fastadv: interrupted" + (f"; {hint()}" if hint else ""), file=sys.stderr)
         return 130
     return 0
 

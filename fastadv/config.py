@@ -41,6 +41,7 @@ class DataConfig:
     path: str = ""  # dataset root holding train/ and val/ class folders
     train_dir: str = "train"
     val_dir: str = "val"
+    same_split: bool = False  # data.path without train/ and val/: use its class folders for both (asked explicitly)
     image_size: int = 224  # train random-resized-crop size and val center-crop size
     val_resize: int = 256  # val: resize shorter side to this, then center crop
     min_scale: float = 0.08  # RandomResizedCrop lower scale bound
@@ -114,7 +115,9 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = epoch ends only)
     log_every: int = 20  # steps between JSONL log lines (clean batch accuracy is measured then)
-    max_steps: int = 0  # stop after this many optimizer steps in total (0 = all epochs)
+    # Stop after this many optimizer steps in total (0 = all epochs). The cosine lr schedule is then
+    # compressed into these steps (it reaches optim.min_lr_ratio at the last one), not cut off.
+    max_steps: int = 0
     progress: bool = True
     holdout_per_class: float = 0.0  # fraction of each class held out of training as a validation split (FAWA)
     # Under torchrun (see README, Multi-GPU): data.batch_size is per process, global batch = batch_size x world size.

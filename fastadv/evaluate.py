@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from fastadv import distributed
 from fastadv.analysis.predictions import write_predictions
@@ -27,6 +26,7 @@ from fastadv.errors import FastadvError
 from fastadv.fileio import atomic_write_text
 from fastadv.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
+from fastadv.progress import progress_bar
 from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
 from fastadv.suites import CLEAN, IMAGENET_C, IMAGENET_C_SKIPPED, Setting, imagenet_c_setting, settings_for
 
@@ -105,6 +105,7 @@ def _run_setting(model, dataset, data_cfg, setting: Setting, cfg, device, amp, b
         write_predictions(out / "predictions" / f"{setting.key}.csv", names, rows["pred"], rows["prob"], rows["true"])
     info["settings"][setting.key] = {**setting.info(), "images": len(names), "seconds": seconds,
                                      "images_per_sec": len(names) / max(seconds, 1e-9),
+                                     "accuracy": sum(p == t for p, t in zip(rows["pred"], rows["true"])) / max(len(names), 1),
                                      "skipped_images": rows["skipped"]}
     return rows
 
@@ -150,7 +151,7 @@ def _imagenet_c(model, dataset, clean_rows: dict[str, Any], cfg, device, amp, ba
 def _predict(model, loader, setting: Setting, cfg, device, amp, progress: bool) -> dict[str, Any]:
     k = cfg.model.num_classes
     index, pred, prob, true, skipped = [], [], [], [], 0
-    for batch in tqdm(loader, desc=f"{cfg.name}: {setting.key}", unit="batch", disable=not progress, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc=f"{cfg.name}: {setting.key}", unit="batch", disable=not progress):
         skipped += batch.skipped
         if batch.images.shape[0] == 0:
             continue

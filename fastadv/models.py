@@ -67,12 +67,17 @@ def _pretrained_state(arch: str) -> dict[str, torch.Tensor]:
 def _init_state(path: str) -> dict[str, torch.Tensor]:
     """Backbone weights from a file: a plain torchvision state dict or a fastadv checkpoint."""
     p = Path(path)
+    if p.is_dir() and (p / "checkpoint.pt").is_file():  # a run folder: its checkpoint
+        p = p / "checkpoint.pt"
     if not p.is_file():
-        raise FastadvError(f"model.init={path!r} does not exist; pass the path of a .pth state dict or a fastadv checkpoint")
+        raise FastadvError(f"model.init={path!r} does not exist; pass a .pth state dict, a fastadv checkpoint or "
+                           "a run folder holding checkpoint.pt")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-torch files
-        raise FastadvError(f"model.init={path!r} could not be read as a torch state dict: {exc}") from exc
+        from fastadv.checkpoint import refusal_reason
+
+        raise FastadvError(f"model.init={path!r} could not be read as a torch state dict: {refusal_reason(exc)}") from None
     if isinstance(obj, dict) and obj.get("format") == "fastadv-checkpoint":
         obj = {k.removeprefix("net."): v for k, v in obj["model"].items() if k.startswith("net.")}
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

@@ -163,9 +163,11 @@ def test_clear_errors(tmp_path: Path, case: str) -> None:
 
 def test_single_folder_fallback(tmp_path: Path, caplog) -> None:
     _make_split(tmp_path)  # class folders directly under data.path
+    with pytest.raises(FastadvError, match="data.same_split=true"):  # refused unless asked for (issue 17, item 12)
+        build_dataset(_cfg(tmp_path), "train")
     with caplog.at_level(logging.WARNING, logger="fastadv.data"):
-        train = build_dataset(_cfg(tmp_path), "train")
-        val = build_dataset(_cfg(tmp_path), "val")
+        train = build_dataset(_cfg(tmp_path, same_split=True), "train")
+        val = build_dataset(_cfg(tmp_path, same_split=True), "val")
     assert train.classes == val.classes == sorted(WNIDS) and len(train) == len(val) == 12
     assert sum("using its class folders" in r.getMessage() for r in caplog.records) == 1
 

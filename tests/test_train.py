@@ -99,7 +99,7 @@ def test_resume_after_a_crash_gives_identical_weights(tmp_path, monkeypatch, cra
     assert_same_weights(straight, resumed)
     log = [json.loads(line) for line in (tmp_path / "crashed" / "train.jsonl").read_text().splitlines()]
     train_lines = [r for r in log if r["event"] == "train"]
-    assert {"loss", "clean_acc", "train_acc", "adv_acc", "lr", "images_per_sec", "skipped_images"} <= set(train_lines[0])
+    assert {"loss", "clean_acc", "trained_batch_acc", "adv_batch_acc", "lr", "images_per_sec", "skipped_images"} <= set(train_lines[0])
 
 
 def test_resume_after_the_process_is_killed(tmp_path):

@@ -51,6 +51,7 @@ def classwise_figure(models: list[dict[str, Any]], out_dir: Path) -> str | None:
         return None
     fig, axes = _grid(len(keys), 3, (5, 4))
     for ax, key in zip(axes, keys):
+        plotted: list[float] = []
         for i, m in enumerate(models):
             if key not in m["settings"]:
                 continue
@@ -58,14 +59,25 @@ def classwise_figure(models: list[dict[str, Any]], out_dir: Path) -> str | None:
             e = np.sort(e[~np.isnan(e)])[::-1] * 100
             ax.plot(np.arange(e.size), e, color=f"C{i % 10}", marker="o" if e.size <= 50 else None,
                     ms=3, label=m["model"])
+            plotted += list(e)
         ax.set_title(titles[key])
         ax.set_xlabel("class rank (sorted by error, per model)")
         ax.set_ylabel("class error (%)")
-        ax.set_ylim(-2, 102)
+        ax.set_ylim(*data_ylim(plotted))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     _save(fig, out_dir / CLASSWISE)
     return CLASSWISE
+
+
+def data_ylim(values: list[float]) -> tuple[float, float]:
+    """Error axis (%) fitted to the plotted values with a 5% margin, clipped to [0, 100]."""
+    finite = [v for v in values if np.isfinite(v)]
+    if not finite:
+        return 0.0, 100.0
+    lo, hi = min(finite), max(finite)
+    pad = max(0.05 * (hi - lo), 0.5)
+    return max(0.0, lo - pad), min(100.0, hi + pad)
 
 
 def imagenet_c_figure(models: list[dict[str, Any]], out_dir: Path) -> str | None:
@@ -78,6 +90,7 @@ def imagenet_c_figure(models: list[dict[str, Any]], out_dir: Path) -> str | None
         names += [c for c in m["suites"][suites.IMAGENET_C]["corruptions"] if c not in names]
     fig, axes = _grid(len(names), 5, (3.2, 2.8))
     for ax, name in zip(axes, names):
+        plotted = []
         for i, m in done:
             per = m["suites"][suites.IMAGENET_C]["corruptions"].get(name)
             if per is None:
@@ -85,11 +98,12 @@ def imagenet_c_figure(models: list[dict[str, Any]], out_dir: Path) -> str | None
             sev = sorted(int(s) for s in per["errors"])
             err = [100 * per["errors"][s if s in per["errors"] else str(s)] for s in sev]
             ax.plot(sev, err, color=f"C{i % 10}", marker="o", ms=3, label=m["model"])
+            plotted += err
         ax.set_title(name.replace("_", " "), fontsize="medium")
         ax.set_xticks([1, 2, 3, 4, 5])
         ax.set_xlabel("severity")
         ax.set_ylabel("error (%)")
-        ax.set_ylim(-2, 102)
+        ax.set_ylim(*data_ylim(plotted))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="x-small")
     _save(fig, out_dir / IMAGENET_C)

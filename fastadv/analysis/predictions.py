@@ -111,10 +111,14 @@ def read_predictions(
         raise FastadvError(
             f"Predictions file not found: {path}. Run the evaluation that writes it, or fix the path."
         )
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise FastadvError(f"Predictions file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 CSV "
+                           "or re-run the evaluation that writes it.") from None
     if not header or not rows:
         raise FastadvError(
             f"Predictions file {path} is empty (no {'rows' if header else 'header'}). "

@@ -120,6 +120,16 @@ def _skip_notes(models: list[dict[str, Any]], suite: str, label: str) -> list[st
             for reason, who in groups.items()]
 
 
+def _skipped_images(model: dict[str, Any]) -> str:
+    """Undecodable images the evaluation skipped, per setting (eval.json's skipped_images)."""
+    counts = {k: s.get("skipped_images") for k, s in model["settings"].items() if s.get("skipped_images") is not None}
+    if not counts:
+        return "skipped images: not recorded"
+    if not any(counts.values()):
+        return "skipped images: none"
+    return "skipped images: " + ", ".join(f"{n} in {k}" for k, n in counts.items() if n)
+
+
 def _relative_lines(models: list[dict[str, Any]]) -> list[str]:
     lines = []
     attacks = _attacks(models)
@@ -184,9 +194,11 @@ def _document(models: list[dict[str, Any]], figures: dict[str, str | None]) -> D
     doc.add(
         Para("Made by `fastadv metrics` / `fastadv report` from the per-image prediction CSVs below; every number "
              "is recomputed from those files alone (no model, no GPU). Errors are top-1 error rates in %; SD is the "
-             "population standard deviation across classes (ddof = 0)."),
-        Bullets([f"`{m['source']}` ({m['model']}, {m['arch'] or 'arch ?'}, K={m['num_classes']}, M={m['num_aux']})"
-                 for m in models]),
+             "population standard deviation across classes (ddof = 0). Models are named by their config's `name` "
+             "(give runs compared side by side distinct names: `fastadv train ... name=NAME` or "
+             "`fastadv eval RUN --set name=NAME`). Images that could not be decoded were skipped and are counted."),
+        Bullets([f"`{m['source']}` ({m['model']}, {m['arch'] or 'arch ?'}, K={m['num_classes']}, M={m['num_aux']}; "
+                 f"{_skipped_images(m)})" for m in models]),
         Heading(2, "Suites"), Table(["model", "suite", "status", "details / reason"], _suite_rows(models), 99),
         Heading(2, "Table 1: error rates (%)"),
         Table(["model", "Clean", "mCE (paper, unnormalized)", "mCE (AlexNet-normalized)",
@@ -226,8 +238,8 @@ def _document(models: list[dict[str, Any]], figures: dict[str, str | None]) -> D
     _imagenet_x_section(doc, models, figures.get(IMAGENET_X))
     _temperature_section(doc, models)
     doc.add(Heading(2, "Relative changes"),
-            Para("As in the paper's text: (before - after) / before of the class-wise mean error (or SD; mCE as is), "
-                 "shown signed (negative = lower error after)."),
+            Para("(after - before) / before of the class-wise mean error (or SD; mCE as is), in %: negative = lower "
+                 "error after (the paper's \"reduced by x%\" is the same number without the minus sign)."),
             Bullets(_relative_lines(models)))
     doc.add(Heading(2, "Figure: class-wise error per setting"))
     if figures.get("classwise"):

@@ -219,16 +219,19 @@ def _labels_from_csv(path: str) -> dict[str, int]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise FastadvError(f"labels file {p} not found (--labels): expected a CSV with file_name,true_class")
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        column = next((c for c in ("true_class", "label") if c in (reader.fieldnames or [])), None)
-        if "file_name" not in (reader.fieldnames or []) or column is None:
-            raise FastadvError(f"labels file {p} needs the columns file_name and true_class (or label); "
-                               f"found {', '.join(reader.fieldnames or [])}")
-        try:
-            return {row["file_name"].strip(): int(row[column]) for row in reader}
-        except (TypeError, ValueError) as e:
-            raise FastadvError(f"labels file {p}: column {column} holds a non-integer ({e})") from e
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            column = next((c for c in ("true_class", "label") if c in (reader.fieldnames or [])), None)
+            if "file_name" not in (reader.fieldnames or []) or column is None:
+                raise FastadvError(f"labels file {p} needs the columns file_name and true_class (or label); "
+                                   f"found {', '.join(reader.fieldnames or [])}")
+            try:
+                return {row["file_name"].strip(): int(row[column]) for row in reader}
+            except (TypeError, ValueError) as e:
+                raise FastadvError(f"labels file {p}: column {column} holds a non-integer ({e})") from e
+    except UnicodeDecodeError as e:
+        raise FastadvError(f"labels file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8 CSV") from None
 
 
 def _csv_model(path: Path, sources: Sources) -> dict[str, Any]:

@@ -32,8 +32,8 @@ def _has_subfolders(path: Path) -> bool:
 def split_root(cfg: DataConfig, split: str) -> Path:
     """The folder holding the class folders of `split`.
 
-    Falls back to data.path itself when it has neither split folder but directly holds
-    class folders (e.g. a single sample set), with a warning once.
+    With data.same_split=true, falls back to data.path itself when it has neither split folder
+    but directly holds class folders (e.g. a single sample set), with a warning once.
     """
     if not cfg.path:
         raise FastadvError(EMPTY_PATH_MESSAGE)
@@ -53,6 +53,12 @@ def split_root(cfg: DataConfig, split: str) -> Path:
             raise FastadvError(
                 f"no class folders in {base}: expected {cfg.train_dir}/ and {cfg.val_dir}/ folders, "
                 f"or one sub-folder per class (e.g. {base}/n01440764/*.JPEG)"
+            )
+        if not cfg.same_split:
+            raise FastadvError(
+                f"{base} has no {cfg.train_dir}/ and {cfg.val_dir}/ folders: training and evaluating on the same "
+                f"images would report training accuracy as validation accuracy. Split it into {cfg.train_dir}/ and "
+                f"{cfg.val_dir}/, or set data.same_split=true to use its class folders for both on purpose"
             )
         if str(base) not in _fallback_warned:
             _fallback_warned.add(str(base))

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from fastadv import distributed
 from fastadv.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -26,15 +25,17 @@ from fastadv.data.subset import IndexSubset, stratified_holdout
 from fastadv.errors import FastadvError, NonFiniteLossError
 from fastadv.methods import EpochContext, build_method
 from fastadv.models import build_model, predict_k
+from fastadv.progress import progress_bar
+from fastadv.runfolder import check_dataset, dataset_fingerprint, save_config
 from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
-from fastadv.train.runlog import JsonlLog
+from fastadv.train.runlog import JsonlLog, log_names
 from fastadv.train.schedule import cosine_lr
 from fastadv.train.state import Progress, TrainState
 from fastadv.train.step import train_step
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: str | Path | None = None) -> None:
+    def __init__(self, cfg: Config, resume: str | Path | None = None, allow_new_dataset: bool = False) -> None:
         self.cfg = cfg
         self.out_dir = Path(cfg.train.out_dir)
         self.dist, self.device = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)
@@ -43,6 +44,7 @@ class Trainer:
         # Attacks differ across ranks but repeat run to run; DDP copies rank 0's initial weights.
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, self.dist.rank))
         self.train_set = build_dataset(cfg.data, "train")
+        data_print = dataset_fingerprint(self.train_set)
         if self.train_set.num_classes != cfg.model.num_classes:
             raise FastadvError(
                 f"the training data has {self.train_set.num_classes} classes but model.num_classes="
@@ -83,6 +85,9 @@ class Trainer:
         resume = resume or self._auto_resume()
         if resume:
             self._resume(resume)
+        source = Path(resume) if resume else self.out_dir
+        check_dataset(source if source.is_dir() else source.parent, self.out_dir, data_print, bool(resume),
+                      allow_new_dataset)
         self.run_model = self.attack_model
         if self.dist.active:
             ddp = distributed.wrap_model(self.model, self.attack_model, self.dist)
@@ -126,11 +131,11 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.toml").write_text(to_toml(cfg))
+            save_config(self.out_dir, to_toml(cfg))
         if self.resumed:
             self.log.write(self.resumed)
-        bar = tqdm(total=self.total_steps, initial=p.step, desc=cfg.name, unit="step",
-                   disable=not (cfg.train.progress and self.dist.is_main), dynamic_ncols=True)
+        bar = progress_bar(total=self.total_steps, initial=p.step, desc=cfg.name, unit="step",
+                           disable=not (cfg.train.progress and self.dist.is_main), every=cfg.train.log_every)
         window = {"images": 0, "skipped": 0, "start": time.perf_counter()}
         try:
             while p.epoch < cfg.optim.epochs and not self._reached_max_steps():
@@ -181,7 +186,7 @@ class Trainer:
         total = distributed.all_reduce_sum(torch.tensor([n, batch.skipped, int(n == 0)], dtype=torch.int64))
         return int(total[0]), int(total[1]), bool(total[2])
 
-    def _train_step(self, batch, window: dict[str, Any], bar: tqdm) -> None:
+    def _train_step(self, batch, window: dict[str, Any], bar) -> None:
         cfg, p = self.cfg, self.progress
         distributed.inject_test_fault(p.step, self.dist)
         images, skipped, empty = self._batch_counts(batch)
@@ -227,7 +232,7 @@ class Trainer:
         elapsed = time.perf_counter() - window["start"]
         record = {
             "event": "train", "step": p.step, "epoch": p.epoch + p.batch_in_epoch / self.steps_per_epoch,
-            **dict(zip(scalars, values)),
+            **log_names(dict(zip(scalars, values))),
             "lr": lr, "images_per_sec": window["images"] / max(elapsed, 1e-9),
             "skipped_images": window["skipped"],
         }
@@ -238,6 +243,6 @@ class Trainer:
         window.update(images=0, skipped=0, start=time.perf_counter())
 
 
-def train(cfg: Config, resume: str | Path | None = None) -> Path:
+def train(cfg: Config, resume: str | Path | None = None, allow_new_dataset: bool = False) -> Path:
     """Train per `cfg`; returns the checkpoint path. `resume` = checkpoint file or run folder."""
-    return Trainer(cfg, resume).fit()
+    return Trainer(cfg, resume, allow_new_dataset).fit()

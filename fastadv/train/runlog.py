@@ -7,6 +7,19 @@ from pathlib import Path
 from typing import Any
 
 
+# The methods' batch statistics, named in the log for what they measure: both are taken in train
+# mode on the step's own forward pass, so for adv / adv-plus (every input attacked) they are equal.
+LOG_NAMES = {
+    "train_acc": "trained_batch_acc",  # accuracy on the inputs the step trained on (adversarial for adv/adv-plus)
+    "adv_acc": "adv_batch_acc",  # accuracy on the step's adversarial inputs
+}
+
+
+def log_names(scalars: dict[str, Any]) -> dict[str, Any]:
+    """Rename the methods' stats for the log (see LOG_NAMES); clean_acc is measured apart, in eval mode."""
+    return {LOG_NAMES.get(k, k): v for k, v in scalars.items()}
+
+
 class JsonlLog:
     """Append-only JSON lines; every line is flushed so a killed run keeps its log."""
 
