@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fastadv import suites
+
 
 def grid(header: list[str], rows: list[list[str]]) -> str:
     """A plain-text table: the first column left-aligned, the others right-aligned."""
@@ -66,7 +68,7 @@ def eval_summary(eval_dir: Path, wall_seconds: float) -> str:
     info = json.loads((eval_dir / "eval.json").read_text(encoding="utf-8"))
     rows, corrupted = [], []
     for key, s in info["settings"].items():
-        if key.startswith("imagenet-c/"):
+        if suites.suite_of(key) == suites.IMAGENET_C_SETTING_SUITE:
             corrupted.append(s)
             continue
         rows.append([key, _pct(s.get("accuracy")), str(s["images"]), f"{s['images_per_sec']:.0f}",
@@ -83,12 +85,18 @@ def eval_summary(eval_dir: Path, wall_seconds: float) -> str:
 
 
 def metrics_table(headline: dict[str, dict[str, Any]], report_dir: Path) -> str:
-    """`fastadv metrics`: one row per model of the headline errors (in %), then where the report is."""
+    """`fastadv metrics`: one row per model of the headline errors (in %), then where the report is.
+
+    Every registered attack setting (fastadv.suites, kind ATTACK) gets its K-head and K+M columns."""
+    attacks = suites.setting_specs(suites.ATTACK)
+    columns = [(f"{spec.label or spec.name} err", suites.headline_field(spec, "error")) for spec in attacks]
+    columns += [(f"{spec.label or spec.name} K+M err", suites.headline_field(spec, "error", kplusm=True))
+                for spec in attacks]
     rows = []
     for model, h in headline.items():
-        rows.append([model, _pct(h.get("clean_error")), _pct(h.get("real_error")), _pct(h.get("pgd_error")),
-                     _pct(h.get("pgd_kplusm_error")), _pct(h.get("mce")), _pct(h.get("imagenet_x_average_error")),
-                     ", ".join(sorted(h.get("skipped") or {})) or "-"])
-    table = grid(["model", "clean err", "ReaL err", "PGD err", "PGD K+M err", "mCE", "IN-X err", "skipped"], rows)
+        rows.append([model, _pct(h.get("clean_error")), _pct(h.get("real_error")),
+                     *[_pct(h.get(field)) for _, field in columns], _pct(h.get("mce")),
+                     _pct(h.get("imagenet_x_average_error")), ", ".join(sorted(h.get("skipped") or {})) or "-"])
+    table = grid(["model", "clean err", "ReaL err", *[name for name, _ in columns], "mCE", "IN-X err", "skipped"], rows)
     return (f"{table}\n(errors in %; '-' = not evaluated)\n"
             f"report: {report_dir / 'report.html'} (also report.md); every metric: {report_dir / 'metrics.json'}")
