@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from fastadv.attacks import PGD
 from fastadv.config import ModelConfig
-from fastadv.kernels import label_augmented_target
+from fastadv.kernels import label_augmented_target, reload_triton_mode
 from fastadv.methods.adversarial import AdversarialTraining
 from fastadv.methods.standard import StandardTraining
 from fastadv.models import build_model
@@ -59,6 +59,7 @@ def kernel_path(fused: bool) -> Iterator[None]:
     """Select Triton (auto: on CUDA tensors) or the plain-torch kernels for the duration."""
     old = os.environ.get("FASTADV_TRITON")
     os.environ["FASTADV_TRITON"] = "auto" if fused else "off"
+    reload_triton_mode()
     try:
         yield
     finally:
@@ -66,6 +67,7 @@ def kernel_path(fused: bool) -> Iterator[None]:
             os.environ.pop("FASTADV_TRITON", None)
         else:
             os.environ["FASTADV_TRITON"] = old
+        reload_triton_mode()
 
 
 # --------------------------------------------------------------------------- research loop
