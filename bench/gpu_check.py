@@ -43,7 +43,7 @@ from fastadv.hardware import detect_cpu
 RESULTS = Path(__file__).resolve().parent / "results"
 SKIPPED_NO_CUDA = "skipped: no CUDA device"
 # Seconds each part may take on one H100/H200 (the whole run stays inside --budget-s).
-PART_TIMEOUTS = {"kernels": 90, "step": 150, "speed": 180, "profile": 60}
+PART_TIMEOUTS = {"kernels": 90, "step": 140, "speed": 160, "profile": 90}
 
 
 class PartTimeout(Exception):
@@ -86,8 +86,10 @@ def sizes(gpu: bool, smoke: bool) -> dict:
             "workloads": ["adv_plus_train_step", "pgd10_attack", "pgd40_eval", "std_train_step"]}
 
 
-def speed(device: torch.device, s: dict) -> dict:
-    """(c): the three bench variants side by side on the Adv+ step, PGD-10 and PGD-40 eval."""
+def speed(device: torch.device, s: dict, out: dict) -> dict:
+    """(c): the three bench variants side by side on the Adv+ step, PGD-10 and PGD-40 eval.
+
+    Rows are added to `out` as they are measured, so a part that runs out of time keeps them."""
     from bench.measure import time_it
     from bench.run import forward_gflops
     from bench.workloads import FORWARDS_PER_IMAGE, describe_path, kernel_path, make_setup, variants, workload
@@ -97,15 +99,17 @@ def speed(device: torch.device, s: dict) -> dict:
     copy = copy_bandwidth_gbs(device, 1024 if gpu else 16, repeats=3)
     fwd = forward_gflops(s["arch"], 1000, 1, s["size"])
     batch = max(s["batches"])
-    rows = []
+    out.update(matmul_peak_tflops=peak, copy_bandwidth_gbs=copy, forward_gflops_per_image=fwd, rows=[],
+               note="" if gpu else "CPU smoke at tiny size: shows the code runs, not GPU speed")
+    rows = out["rows"]
     for variant in variants(device, compile_on_cpu=False):
         with kernel_path(variant.fused_kernels):
             setup = make_setup(variant, s["arch"], 1000, 1, batch, s["size"], device)
             for name in s["workloads"]:
                 row = {"workload": name, "variant": variant.name, "batch": batch, "path": describe_path(variant, device)}
                 try:
-                    t = time_it(workload(name, variant, setup, 1000, device), device, warmup=2 if gpu else 0,
-                                repeats=5 if gpu else 1)
+                    t = time_it(workload(name, variant, setup, 1000, device), device, warmup=1 if gpu else 0,
+                                repeats=3 if gpu else 1)
                     ips = batch / t.median_s
                     tflops = ips * FORWARDS_PER_IMAGE[name] * fwd / 1e3
                     row.update(images_per_sec=ips, peak_memory_mib=t.peak_mib, tflops=tflops,
@@ -118,16 +122,19 @@ def speed(device: torch.device, s: dict) -> dict:
                       f"{row.get('peak_memory_mib', 0):9.0f} MiB  {row['status'][:60]}", flush=True)
                 rows.append(row)
             del setup
+    add_ratios(rows)
+    return out
+
+
+def add_ratios(rows: list[dict]) -> None:
     base = {(r["workload"], r["variant"]): r.get("images_per_sec") for r in rows}
     for r in rows:
         for ref in ("research", "eager-amp-cl"):
             b = base.get((r["workload"], ref))
             r[f"x_{ref}"] = r["images_per_sec"] / b if b and r.get("images_per_sec") else None
-    return {"matmul_peak_tflops": peak, "copy_bandwidth_gbs": copy, "forward_gflops_per_image": fwd, "rows": rows,
-            "note": "" if gpu else "CPU smoke at tiny size: shows the code runs, not GPU speed"}
 
 
-def run_part(name: str, fn: Callable[[], object], budget_end: float, result: dict) -> None:
+def run_part(name: str, fn: Callable[[], object], budget_end: float, result: dict, partial: dict | None = None) -> None:
     left = budget_end - time.monotonic()
     if left <= 5:
         result["parts"][name] = {"status": "skipped: global time budget spent"}
@@ -146,6 +153,9 @@ def run_part(name: str, fn: Callable[[], object], budget_end: float, result: dic
     except Exception as exc:  # noqa: BLE001 - record and go on to the next part
         result["parts"][name] = {"status": f"failed: {type(exc).__name__}: {str(exc)[:500]}",
                                  "traceback": traceback.format_exc(limit=8)[-4000:]}
+        if partial:  # what was measured before the failure or the time limit
+            add_ratios(partial.get("rows", []))
+            result["parts"][name]["result"] = partial
         print(f"  FAILED {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
     result["parts"][name]["seconds"] = round(time.monotonic() - start, 1)
 
@@ -173,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             run_part(name, lambda: parts.train_and_eval_checks(device, s["arch"], s["size"], s["batches"], s["steps"]),
                      budget_end, result)
         elif name == "speed":
-            run_part(name, lambda: speed(device, s), budget_end, result)
+            measured: dict = {}
+            run_part(name, lambda: speed(device, s, measured), budget_end, result, partial=measured)
         elif name == "profile":
             run_part(name, lambda: parts.profile_step(device, s["arch"], s["size"], max(s["batches"]), s["steps"]),
                      budget_end, result)
