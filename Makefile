@@ -31,7 +31,7 @@ CKPTS ?= $(foreach m,$(MODELS),$(wildcard $(RUNS)/$(PREFIX)-$(m)))
 # System packages FFCV builds against (Debian names); `make system-deps` installs the missing ones.
 SYSTEM_DEPS := pkg-config g++ libturbojpeg0-dev libopencv-dev
 
-.PHONY: help system-deps install demo-methods test bench train-std train-adv train-adv-plus eval clean-runs
+.PHONY: help system-deps install demo-methods test bench gpu-check train-std train-adv train-adv-plus eval clean-runs
 
 help:  ## list the targets
 	@echo "make system-deps      apt-get the packages FFCV builds against ($(SYSTEM_DEPS))"
@@ -41,6 +41,7 @@ help:  ## list the targets
 	@echo "make train-adv        train, evaluate and report Adv   (PGD-10 adversarial training)"
 	@echo "make train-adv-plus   train, evaluate and report Adv+  (PGD-10 + label augmentation); a finished run is reused (FORCE=1 redoes it)"
 	@echo "make bench            images/sec, memory, TFLOP/s: fast path vs baselines -> bench/results/"
+	@echo "make gpu-check        one-shot GPU check (kernels, compiled step, speed, profile; <= 8 min) -> bench/results/"
 	@echo "make eval             evaluate every trained run (CKPTS) into one report: RUNS/report (IMAGENET= IMAGENET_C= REAL=)"
 	@echo "make demo-methods     every class-wise method (std ... adv-plus-cfa) x SEEDS on the demo, one report"
 	@echo "make clean-runs       delete RUNS"
@@ -78,6 +79,11 @@ test: install  ## run the test suite (CPU; Triton kernels run under TRITON_INTER
 
 bench: install  ## benchmark the fast path against the research and eager AMP loops (BENCH_ARGS=...)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Runs from the source tree with the system's python (torch, torchvision, triton): no install, no index.
+PYTHON ?= python3
+gpu-check:  ## one-shot GPU check: kernels vs reference, compiled Adv+ step under sync-debug, speed, profile
+	PYTHONPATH=. $(PYTHON) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 # NPROC > 1: one torchrun process per GPU (DDP; data.batch_size is per process), evaluation sharded too.
 NPROC ?= 1

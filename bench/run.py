@@ -23,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import kernels_bench, loaders
 from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, time_it
-from bench.workloads import FORWARDS_PER_IMAGE, WORKLOADS, kernel_path, make_setup, variants, workload
+from bench.workloads import FORWARDS_PER_IMAGE, WORKLOADS, describe_path, kernel_path, make_setup, variants, workload
+from fastadv.hardware import detect_cpu
 from fastadv.config import ModelConfig
 from fastadv.models import build_model
 
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=0, help="timed runs per measurement (default 10 GPU, 3 CPU)")
     p.add_argument("--warmup", type=int, default=0, help="untimed runs first (default 3 GPU, 1 CPU; compiles happen here)")
     p.add_argument("--no-compile-on-cpu", action="store_true", help="fastadv variant eager on the CPU (compiling ResNet-50 takes minutes)")
+    p.add_argument("--cpu-amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="CPU AMP of the eager-amp-cl and fastadv variants: auto = bf16 where the CPU has native bf16")
     p.add_argument("--skip-kernels", action="store_true")
     p.add_argument("--skip-loaders", action="store_true", help="no loader throughput (needs ../shared/data/imagenet-samples)")
     p.add_argument("--loader-path", default=str(loaders.SAMPLES), help="JPEG class folders for the loader benchmark")
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     num_classes, num_aux = 1000, 1
     facts = device_facts(device)
     print(f"device: {facts['name']} ({device}), torch {facts['torch']}, {args.arch} at {size} px", flush=True)
+    cpu = detect_cpu()
+    print(f"cpu: {cpu.describe()}", flush=True)
 
     peak_dtype = torch.bfloat16 if gpu else torch.float32
     peak = matmul_peak_tflops(device, peak_dtype, 8192 if gpu else 2048)
@@ -78,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
           f"forward {fwd_gflops:.3f} GFLOP/image", flush=True)
 
     rows = []
-    chosen = [v for v in variants(device, compile_on_cpu=not args.no_compile_on_cpu) if v.name in args.variants]
+    chosen = [v for v in variants(device, compile_on_cpu=not args.no_compile_on_cpu, cpu_bf16=cpu_bf16(args, cpu))
+              if v.name in args.variants]
+    paths = {v.name: describe_path(v, device) for v in chosen}
+    for name, path in paths.items():
+        print(f"path {name:13s}: {path['dtype']}, channels_last={path['channels_last']}, "
+              f"compiled={path['compiled']}, kernels={path['kernels']}", flush=True)
     for batch in batches:
         for variant in chosen:
             with kernel_path(variant.fused_kernels):
@@ -125,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         "arch": args.arch, "image_size": size, "batches": batches, "repeats": repeats, "warmup": warmup,
         "measured_matmul_peak_tflops": peak, "peak_dtype": str(peak_dtype), "copy_bandwidth_gbs": copy_bw,
         "forward_gflops_per_image": fwd_gflops, "forwards_per_image": FORWARDS_PER_IMAGE,
+        "cpu": cpu.to_dict(),
         "variants": {v.name: {"channels_last": v.channels_last, "amp": str(v.amp), "compile": v.compile,
-                              "fused_kernels": v.fused_kernels} for v in chosen},
+                              "fused_kernels": v.fused_kernels, "path": paths[v.name]} for v in chosen},
         "results": rows, "kernels": kernels, "loaders": loader_rows,
         "targets": targets(rows, kernels, gpu, size) + loader_targets(loader_rows, gpu),
     }
@@ -138,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(result, indent=2))
     print(f"\nwritten: {path}")
     return 0
+
+
+def cpu_bf16(args: argparse.Namespace, cpu) -> bool:
+    """--cpu-amp: bf16 autocast on the CPU variants? auto follows the detected hardware."""
+    return cpu.has_native_bf16 if args.cpu_amp == "auto" else args.cpu_amp == "bf16"
 
 
 def add_ratios(rows: list[dict]) -> None:

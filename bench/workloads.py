@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from fastadv.attacks import PGD
 from fastadv.config import ModelConfig
-from fastadv.kernels import label_augmented_target
+from fastadv.hardware import detect_cpu
+from fastadv.kernels import label_augmented_target, reload_triton_mode, triton_available
 from fastadv.methods.adversarial import AdversarialTraining
 from fastadv.methods.standard import StandardTraining
 from fastadv.models import build_model
@@ -44,8 +45,16 @@ class Variant:
     fused_kernels: bool
 
 
-def variants(device: torch.device, compile_on_cpu: bool = True) -> list[Variant]:
-    amp = torch.bfloat16 if device.type == "cuda" else None
+def variants(device: torch.device, compile_on_cpu: bool = True, cpu_bf16: bool | None = None) -> list[Variant]:
+    """The three variants. AMP is bf16 on CUDA, and on a CPU with native bf16 units
+    (AVX512-BF16 / AMX, `fastadv.hardware.detect_cpu`; `cpu_bf16` overrides the detection);
+    fp32 on other CPUs, where bf16 is emulated and slower."""
+    if device.type == "cuda":
+        amp = torch.bfloat16
+    else:
+        if cpu_bf16 is None:
+            cpu_bf16 = detect_cpu().has_native_bf16
+        amp = torch.bfloat16 if cpu_bf16 else None
     return [
         Variant("research", channels_last=False, amp=None, compile=False, fused_kernels=False),
         Variant("eager-amp-cl", channels_last=True, amp=amp, compile=False, fused_kernels=False),
@@ -54,11 +63,23 @@ def variants(device: torch.device, compile_on_cpu: bool = True) -> list[Variant]
     ]
 
 
+def describe_path(variant: Variant, device: torch.device) -> dict[str, object]:
+    """Which path a variant takes on `device`: precision, layout, compile, kernel implementation."""
+    triton = variant.fused_kernels and device.type == "cuda" and triton_available()
+    return {
+        "dtype": f"{str(variant.amp).replace('torch.', '')} autocast" if variant.amp else "float32",
+        "channels_last": variant.channels_last,
+        "compiled": variant.compile,
+        "kernels": "triton" if triton else "reference",
+    }
+
+
 @contextmanager
 def kernel_path(fused: bool) -> Iterator[None]:
     """Select Triton (auto: on CUDA tensors) or the plain-torch kernels for the duration."""
     old = os.environ.get("FASTADV_TRITON")
     os.environ["FASTADV_TRITON"] = "auto" if fused else "off"
+    reload_triton_mode()
     try:
         yield
     finally:
@@ -66,6 +87,7 @@ def kernel_path(fused: bool) -> Iterator[None]:
             os.environ.pop("FASTADV_TRITON", None)
         else:
             os.environ["FASTADV_TRITON"] = old
+        reload_triton_mode()
 
 
 # --------------------------------------------------------------------------- research loop

@@ -6,7 +6,13 @@ where triton is not installed; the Triton modules (`pgd_step`, `la_xent`) are im
 first use only. (The PGD kernel's module is not called `pgd_update`: a submodule of that
 name would replace the `pgd_update` dispatcher as a package attribute once imported.)
 
-Environment switch FASTADV_TRITON:
+Each fused kernel is a PyTorch custom operator (`fastadv.kernels.ops`: fastadv::pgd_update,
+fastadv::la_ce_forward / la_ce_backward with autograd), so torch.compile traces through the
+dispatchers with no graph break. Python floats (eps, alpha, delta) and an int op_index are
+passed to the operators as 0-d CPU tensors, so a compiled caller does not specialize on them.
+
+Environment switch FASTADV_TRITON, read once at import (call `reload_triton_mode()` after
+changing it, e.g. in a test or a benchmark that switches paths):
   unset / "auto"  Triton for CUDA tensors when triton imports, the reference otherwise;
   "interpret"     also Triton for CPU tensors, when TRITON_INTERPRET=1 is set too (the
                   Triton interpreter; lets CI exercise the fused path without a GPU);
@@ -21,10 +27,9 @@ import os
 
 import torch
 
+from fastadv.kernels import ops as _ops
 from fastadv.kernels.reference import (
-    label_augmented_ce_reference,
     label_augmented_target,
-    pgd_update_reference,
     random_start_reference,
 )
 
@@ -33,11 +38,14 @@ __all__ = [
     "label_augmented_target",
     "pgd_update",
     "random_start",
+    "reload_triton_mode",
     "triton_available",
+    "triton_mode",
     "use_triton",
 ]
 
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_OFF = ("0", "off", "false", "no", "reference")
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,31 +59,53 @@ def triton_available() -> bool:
     return True
 
 
+def _read_mode() -> tuple[bool, bool]:
+    """(Triton for CUDA tensors, Triton for CPU tensors) from the environment, right now."""
+    mode = os.environ.get("FASTADV_TRITON", "auto").strip().lower()
+    if mode in _OFF:
+        return False, False
+    on_cpu = mode == "interpret" and os.environ.get("TRITON_INTERPRET", "") == "1"
+    # Resolve triton's availability here, outside any compiled region, and only when it matters.
+    if not (on_cpu or torch.cuda.is_available()):
+        return True, False  # no CUDA tensor can exist; import triton lazily if one ever does
+    available = triton_available()
+    return available, on_cpu and available
+
+
+_TRITON_CUDA, _TRITON_CPU = _read_mode()
+
+
+def reload_triton_mode() -> str:
+    """Re-read FASTADV_TRITON / TRITON_INTERPRET (they are read once, at import); returns the mode."""
+    global _TRITON_CUDA, _TRITON_CPU
+    _TRITON_CUDA, _TRITON_CPU = _read_mode()
+    return triton_mode()
+
+
+def triton_mode() -> str:
+    """The cached mode in words: "off", "cuda" (Triton on CUDA tensors) or "cuda+cpu-interpret"."""
+    if _TRITON_CPU:
+        return "cuda+cpu-interpret"
+    return "cuda" if _TRITON_CUDA else "off"
+
+
 def use_triton(tensor: torch.Tensor) -> bool:
     """Should the fused Triton path handle `tensor`? See FASTADV_TRITON in the module doc."""
-    mode = os.environ.get("FASTADV_TRITON", "auto").strip().lower()
-    if mode in ("0", "off", "false", "no", "reference"):
-        return False
     if tensor.is_cuda:
-        return triton_available()
-    if mode == "interpret" and os.environ.get("TRITON_INTERPRET", "") == "1":
-        return triton_available()
-    return False
+        return _TRITON_CUDA and triton_available()
+    return _TRITON_CPU
 
 
 def pgd_update(x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, alpha, eps) -> torch.Tensor:
     """x_adv <- clip(clip(x_adv + alpha sign(grad), x - eps, x + eps), 0, 1) (REFERENCE.md §2)."""
-    if (
+    fused = (
         use_triton(x_adv)
         and x_adv.dtype == torch.float32
         and x.dtype == torch.float32
         and grad.dtype in _FAST_DTYPES
         and x_adv.dim() > 0
-    ):
-        from fastadv.kernels.pgd_step import pgd_update_triton
-
-        return pgd_update_triton(x_adv, x, grad, alpha, eps)
-    return pgd_update_reference(x_adv, x, grad, alpha, eps)
+    )
+    return _ops.pgd_update_op(x_adv, x, grad, _ops.scalar_arg(alpha), _ops.scalar_arg(eps), fused)
 
 
 def random_start(x: torch.Tensor, eps, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -92,8 +122,9 @@ def label_augmented_ce(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Label-augmented cross-entropy over K+M logits; delta = 0 is plain cross-entropy."""
-    if use_triton(logits) and logits.dtype in _FAST_DTYPES and logits.dim() == 2:
-        from fastadv.kernels.la_xent import label_augmented_ce_triton
-
-        return label_augmented_ce_triton(logits, target, num_classes, op_index, delta, reduction)
-    return label_augmented_ce_reference(logits, target, num_classes, op_index, delta, reduction)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"unknown reduction {reduction!r}")
+    fused = use_triton(logits) and logits.dtype in _FAST_DTYPES and logits.dim() == 2
+    ops = None if op_index is None else _ops.scalar_arg(op_index, torch.int64)
+    loss, _, _ = _ops.la_ce_forward(logits, target, ops, _ops.scalar_arg(delta), num_classes, reduction, fused)
+    return loss

@@ -40,7 +40,13 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-__all__ = ["label_augmented_ce_triton", "LabelAugmentedCE"]
+__all__ = [
+    "LabelAugmentedCE",
+    "la_ce_backward_triton",
+    "la_ce_forward_triton",
+    "label_augmented_ce_triton",
+    "prepare_la_ce_inputs",
+]
 
 MAX_BLOCK_N = 4096  # columns per chunk of the row loop (N = 1001 -> one chunk of 1024)
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -180,45 +186,85 @@ def _prepare_delta(delta, batch: int, device: torch.device):
     return None, float(torch.tensor(float(delta), dtype=torch.float32))
 
 
+def la_ce_forward_triton(logits, target, ops, delta_t, delta_f, num_classes, reduction):
+    """Forward kernel on prepared inputs (see `prepare_la_ce_inputs`): (loss, row max, row log s)."""
+    batch, n = logits.shape
+    block_n = _block_n(n)
+    loss = torch.empty(batch, dtype=torch.float32, device=logits.device)
+    row_max = torch.empty_like(loss)
+    row_logsum = torch.empty_like(loss)
+    if batch > 0:
+        _la_ce_fwd_kernel[(batch,)](
+            logits,
+            target,
+            ops if ops is not None else target,
+            delta_t if delta_t is not None else loss,
+            delta_f,
+            loss,
+            row_max,
+            row_logsum,
+            n,
+            num_classes,
+            n - num_classes,
+            logits.stride(0),
+            HAS_OP=ops is not None,
+            PER_SAMPLE_DELTA=delta_t is not None,
+            BLOCK_N=block_n,
+            num_warps=_num_warps(block_n),
+        )
+    if reduction == "mean":
+        loss = loss.mean()
+    elif reduction == "sum":
+        loss = loss.sum()
+    return loss, row_max, row_logsum
+
+
+def la_ce_backward_triton(grad_out, logits, target, ops, delta_t, delta_f, row_max, row_logsum, num_classes, reduction):
+    """Backward kernel on prepared inputs: d loss / d logits in the logits' dtype, [B, N] contiguous."""
+    batch, n = logits.shape
+    block_n = _block_n(n)
+    grad = torch.empty((batch, n), dtype=logits.dtype, device=logits.device)
+    grad_out = grad_out.to(torch.float32)
+    if reduction == "none":
+        grad_out_stride, scale = grad_out.stride(0), 1.0
+    else:
+        grad_out_stride, scale = 0, (1.0 / batch if reduction == "mean" and batch > 0 else 1.0)
+    if batch > 0:
+        _la_ce_bwd_kernel[(batch,)](
+            logits,
+            target,
+            ops if ops is not None else target,
+            delta_t if delta_t is not None else row_max,
+            delta_f,
+            row_max,
+            row_logsum,
+            grad_out,
+            grad_out_stride,
+            scale,
+            grad,
+            n,
+            num_classes,
+            n - num_classes,
+            logits.stride(0),
+            grad.stride(0),
+            HAS_OP=ops is not None,
+            PER_SAMPLE_DELTA=delta_t is not None,
+            BLOCK_N=block_n,
+            num_warps=_num_warps(block_n),
+        )
+    return grad
+
+
 class LabelAugmentedCE(torch.autograd.Function):
     """Autograd wrapper: Triton forward (per-row loss, reduced here) and Triton backward."""
 
     @staticmethod
     def forward(ctx, logits, target, ops, delta_t, delta_f, num_classes, reduction):
-        batch, n = logits.shape
-        has_op = ops is not None
-        block_n = _block_n(n)
-        loss = torch.empty(batch, dtype=torch.float32, device=logits.device)
-        row_max = torch.empty_like(loss)
-        row_logsum = torch.empty_like(loss)
-        dummy = target
-        if batch > 0:
-            _la_ce_fwd_kernel[(batch,)](
-                logits,
-                target,
-                ops if has_op else dummy,
-                delta_t if delta_t is not None else loss,
-                delta_f,
-                loss,
-                row_max,
-                row_logsum,
-                n,
-                num_classes,
-                n - num_classes,
-                logits.stride(0),
-                HAS_OP=has_op,
-                PER_SAMPLE_DELTA=delta_t is not None,
-                BLOCK_N=block_n,
-                num_warps=_num_warps(block_n),
-            )
+        loss, row_max, row_logsum = la_ce_forward_triton(logits, target, ops, delta_t, delta_f, num_classes, reduction)
         ctx.save_for_backward(logits, target, ops, delta_t, row_max, row_logsum)
         ctx.delta_f = delta_f
         ctx.num_classes = num_classes
         ctx.reduction = reduction
-        if reduction == "mean":
-            return loss.mean()
-        if reduction == "sum":
-            return loss.sum()
         return loss
 
     @staticmethod
@@ -227,55 +273,16 @@ class LabelAugmentedCE(torch.autograd.Function):
         logits, target, ops, delta_t, row_max, row_logsum = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
-        batch, n = logits.shape
-        block_n = _block_n(n)
-        grad = torch.empty((batch, n), dtype=logits.dtype, device=logits.device)
-        grad_out = grad_out.to(torch.float32)
-        if ctx.reduction == "none":
-            grad_out_stride, scale = grad_out.stride(0), 1.0
-        else:
-            grad_out_stride, scale = 0, (1.0 / batch if ctx.reduction == "mean" and batch > 0 else 1.0)
-        if batch > 0:
-            _la_ce_bwd_kernel[(batch,)](
-                logits,
-                target,
-                ops if ops is not None else target,
-                delta_t if delta_t is not None else row_max,
-                ctx.delta_f,
-                row_max,
-                row_logsum,
-                grad_out,
-                grad_out_stride,
-                scale,
-                grad,
-                n,
-                ctx.num_classes,
-                n - ctx.num_classes,
-                logits.stride(0),
-                grad.stride(0),
-                HAS_OP=ops is not None,
-                PER_SAMPLE_DELTA=delta_t is not None,
-                BLOCK_N=block_n,
-                num_warps=_num_warps(block_n),
-            )
+        grad = la_ce_backward_triton(
+            grad_out, logits, target, ops, delta_t, ctx.delta_f, row_max, row_logsum, ctx.num_classes, ctx.reduction
+        )
         return grad, None, None, None, None, None, None
 
 
-def label_augmented_ce_triton(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int,
-    op_index: torch.Tensor | int | None = None,
-    delta: float | torch.Tensor = 0.0,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """Same signature and semantics as `label_augmented_ce_reference`, fused in Triton.
+def prepare_la_ce_inputs(logits, target, num_classes, op_index, delta, reduction):
+    """Validate and normalise the arguments: (logits, target, ops or None, delta_t or None, delta_f).
 
-    logits [B, K+M] fp32/bf16/fp16 (fp32 accumulation; the loss is fp32, the gradient has the
-    logits' dtype); target [B] ints in [0, K); op_index [B] ints (-1 = no op), one int for the
-    batch, or None; delta a float or a [B] tensor (not differentiated). op_index None, or
-    logits with only K columns, give plain cross-entropy over all columns.
-    """
+    An int op_index becomes a [B] tensor filled on the device (no host-to-device copy)."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"unknown reduction {reduction!r}")
     if logits.dim() != 2:
@@ -301,7 +308,10 @@ def label_augmented_ce_triton(
             if positive:
                 raise ValueError("delta > 0 needs label-augmentation logits: logits have only K columns")
         else:
-            ops = torch.as_tensor(op_index, device=device).to(torch.int64)
+            if isinstance(op_index, torch.Tensor):
+                ops = op_index.to(device=device, dtype=torch.int64)
+            else:
+                ops = torch.full((), int(op_index), dtype=torch.int64, device=device)
             if ops.dim() == 0:
                 ops = ops.expand(batch)
             if ops.shape != (batch,):
@@ -309,4 +319,28 @@ def label_augmented_ce_triton(
             ops = ops.contiguous()
     if ops is None:
         delta_t, delta_f = None, 0.0
+    return logits, target, ops, delta_t, delta_f
+
+
+def label_augmented_ce_triton(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    op_index: torch.Tensor | int | None = None,
+    delta: float | torch.Tensor = 0.0,
+    reduction: str = "mean",
+    return_row_stats: bool = False,
+):
+    """Same signature and semantics as `label_augmented_ce_reference`, fused in Triton.
+
+    logits [B, K+M] fp32/bf16/fp16 (fp32 accumulation; the loss is fp32, the gradient has the
+    logits' dtype); target [B] ints in [0, K); op_index [B] ints (-1 = no op), one int for the
+    batch, or None; delta a float or a [B] tensor (not differentiated). op_index None, or
+    logits with only K columns, give plain cross-entropy over all columns.
+    return_row_stats=True (the custom operator's forward) skips autograd and returns
+    (loss, row max, row log-sum-exp-minus-max), the statistics `la_ce_backward_triton` needs.
+    """
+    logits, target, ops, delta_t, delta_f = prepare_la_ce_inputs(logits, target, num_classes, op_index, delta, reduction)
+    if return_row_stats:
+        return la_ce_forward_triton(logits, target, ops, delta_t, delta_f, num_classes, reduction)
     return LabelAugmentedCE.apply(logits, target, ops, delta_t, delta_f, num_classes, reduction)

@@ -108,3 +108,46 @@ def label_augmented_target(
     has_op = (ops >= 0) & (d > 0)
     y[rows[has_op], num_classes + ops[has_op]] = d[has_op]
     return y
+
+
+def label_augmented_ce_reference_backward(
+    grad_out: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    op_index: torch.Tensor | int | None = None,
+    delta: float | torch.Tensor = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """d loss / d logits of `label_augmented_ce_reference`, written out as autograd computes it.
+
+    The same backward formulas in the same order (mean: expand / B; mul; neg; gather ->
+    scatter_add into zeros; log_softmax backward; cast back), so the gradient is bit-identical
+    to `torch.autograd.grad` through the reference. It exists because the custom operator's
+    CPU kernel runs below autograd, where the reference's graph cannot be recorded.
+    """
+    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    logp = F.log_softmax(logits.to(compute_dtype), dim=1)
+    batch = logits.shape[0]
+    grad_out = grad_out.to(compute_dtype)
+    if reduction == "mean":
+        grad_rows = grad_out.expand(batch) / batch
+    elif reduction == "sum":
+        grad_rows = grad_out.expand(batch)
+    elif reduction == "none":
+        grad_rows = grad_out
+    else:
+        raise ValueError(f"unknown reduction {reduction!r}")
+    target_col = target.long().view(-1, 1)
+    if op_index is None or logits.shape[1] == num_classes:
+        grad_logp = torch.zeros_like(logp).scatter_add_(1, target_col, grad_rows.neg().unsqueeze(1))
+    else:
+        delta_b = torch.as_tensor(delta, dtype=compute_dtype, device=logits.device).expand(batch)
+        ops = torch.as_tensor(op_index, device=logits.device).long().expand(batch)
+        d = torch.where(ops >= 0, delta_b, torch.zeros_like(delta_b))
+        op_col = (num_classes + ops.clamp(min=0)).view(-1, 1)
+        from_class = torch.zeros_like(logp).scatter_add_(1, target_col, (grad_rows * (1 - d)).neg().unsqueeze(1))
+        from_op = torch.zeros_like(logp).scatter_add_(1, op_col, (grad_rows * d).neg().unsqueeze(1))
+        grad_logp = from_class + from_op
+    grad = torch._log_softmax_backward_data(grad_logp, logp, 1, compute_dtype)
+    return grad.to(logits.dtype)

@@ -321,6 +321,13 @@ def _spy(monkeypatch, module_name, func_name):
     return calls
 
 
+@pytest.fixture(autouse=True)
+def _restore_triton_mode():
+    """Tests that switch FASTADV_TRITON re-read it; put the cached mode back afterwards."""
+    yield
+    kernels.reload_triton_mode()
+
+
 def test_dispatch_routes_to_triton_under_interpret(monkeypatch):
     pgd_calls = _spy(monkeypatch, "fastadv.kernels.pgd_step", "pgd_update_triton")
     ce_calls = _spy(monkeypatch, "fastadv.kernels.la_xent", "label_augmented_ce_triton")
@@ -328,12 +335,14 @@ def test_dispatch_routes_to_triton_under_interpret(monkeypatch):
     logits, target, ops, delta = la_case(4, 10, 1, seed=9)
 
     monkeypatch.delenv("FASTADV_TRITON", raising=False)
+    kernels.reload_triton_mode()  # the mode is read once; re-read it after switching
     assert not kernels.use_triton(x)
     ref_adv = kernels.pgd_update(x_adv, x, grad, 0.0075, 0.03)
     ref_loss = kernels.label_augmented_ce(logits, target, 10, ops, delta)
     assert pgd_calls == [] and ce_calls == []
 
     monkeypatch.setenv("FASTADV_TRITON", "interpret")
+    kernels.reload_triton_mode()  # the mode is read once; re-read it after switching
     assert kernels.use_triton(x)
     assert_bit_equal(kernels.pgd_update(x_adv, x, grad, 0.0075, 0.03), ref_adv)
     z = logits.clone().requires_grad_(True)
@@ -346,9 +355,11 @@ def test_dispatch_routes_to_triton_under_interpret(monkeypatch):
     assert ce_calls == ["label_augmented_ce_triton"]
 
     monkeypatch.setenv("FASTADV_TRITON", "off")
+    kernels.reload_triton_mode()  # the mode is read once; re-read it after switching
     assert not kernels.use_triton(x)
     monkeypatch.setenv("FASTADV_TRITON", "interpret")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    kernels.reload_triton_mode()  # the mode is read once; re-read it after switching
     assert not kernels.use_triton(x)  # interpret mode needs the interpreter
 
 
