@@ -30,6 +30,7 @@ from fastadv.data.subset import IndexSubset, stratified_holdout
 from fastadv.errors import FastadvError, NonFiniteLossError
 from fastadv.methods import EpochContext, build_method
 from fastadv.models import build_model, predict_k
+from fastadv.optim import WeightEma, build_optimizer, clip_gradients, lr_at  # issue 15
 from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
 
 
@@ -45,7 +46,7 @@ def cosine_lr(step: int, total_steps: int, base_lr: float, min_ratio: float, war
 
 def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: torch.dtype | None,
-               where: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               where: str = "", clip_grad_norm: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step of `method` (attack included); refuses a NaN/inf loss before the update.
 
     Shared by the Trainer and the benchmark, so `make bench` times exactly this code.
@@ -57,6 +58,7 @@ def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         raise NonFiniteLossError(f"the loss became {loss.item()}{where}; training stopped before the update")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    clip_gradients(optimizer, scaler, clip_grad_norm)  # issue 15: unscale_ then clip (no-op at 0)
     scaler.step(optimizer)
     scaler.update()
     return loss, stats
@@ -137,7 +139,8 @@ class Trainer:
         # forward (under torchrun: compile(DDP(model)), carrying attack_model for the attacks).
         self.attack_model = maybe_compile(self.model, cfg.train.compile, cfg.train.compile_mode, self.device)
         o = cfg.optim
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        self.optimizer = build_optimizer(self.model, o)  # issue 15: sgd (as before) | adamw
+        self.ema = WeightEma(o.ema_decay) if o.ema_decay else None  # issue 15: evaluated instead of the raw weights
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.method = build_method(cfg)
         self.progress = Progress()
@@ -171,6 +174,8 @@ class Trainer:
         """Rank 0 writes; every rank must call it (its RNG state and rank-local method state are gathered)."""
         method_state = self.method.state_dict() if hasattr(self.method, "state_dict") else None
         eval_weights = self.method.eval_weights() if hasattr(self.method, "eval_weights") else None
+        if self.ema is not None:  # issue 15
+            eval_weights = self.ema.weights()
         method_local = distributed.gather_rank_local(method_state)
         rngs = distributed.gather_objects(rng_state(self.device))
         if not self.dist.is_main:
@@ -189,6 +194,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "progress": progress,
             "rng": rngs[0],
+            "ema": self.ema.state_dict() if self.ema is not None else None,  # issue 15
             **extra,
         })
 
@@ -213,6 +219,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):  # issue 15
+            self.ema.load_state_dict(ckpt["ema"], self.device)
         saved = dict(ckpt["progress"])
         saved_world = saved.pop("world_size", 1)
         saved_batch = saved.pop("global_batch", 0) or ckpt["config"]["data"]["batch_size"]
@@ -315,12 +323,13 @@ class Trainer:
             return
         x = to_device(batch.images, self.device, cfg.train.channels_last)
         y = batch.labels.to(self.device, non_blocking=True)
-        lr = cosine_lr(p.step, self.total_steps, self.base_lr, cfg.optim.min_lr_ratio, cfg.optim.warmup_steps)
+        lr = lr_at(p.step, self.total_steps, self.base_lr, cfg.optim, self.steps_per_epoch)  # issue 15: = cosine_lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         try:
             loss, stats = train_step(self.method, self.run_model, self.optimizer, self.scaler, x, y, self.device,
-                                     self.amp, where=f" at step {p.step + 1} (epoch {p.epoch + 1})")
+                                     self.amp, where=f" at step {p.step + 1} (epoch {p.epoch + 1})",
+                                     clip_grad_norm=cfg.optim.clip_grad_norm)  # issue 15
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(
                 f"{exc}, and the last good checkpoint {self.checkpoint_path} is intact. "
@@ -328,6 +337,8 @@ class Trainer:
             ) from None
         if self.dist.active and not cfg.train.sync_batchnorm:
             distributed.broadcast_buffers(self.model)  # every rank continues with rank 0's BatchNorm statistics
+        if self.ema is not None:  # issue 15: after the step (and the BatchNorm broadcast)
+            self.ema.update(self.model)
         p.step += 1
         p.batch_in_epoch += 1
         window["images"] += images
