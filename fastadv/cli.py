@@ -89,6 +89,10 @@ def _resume_hint(out: Path) -> str:
 def _eval(args: argparse.Namespace) -> None:
     from fastadv.evaluate import evaluate
 
+    if args.weights or args.arch:  # issue 15: a published model's weights, no training run
+        return _eval_weights(args)
+    if not args.runs:
+        raise FastadvError("fastadv eval needs run folders / checkpoints, or --weights FILE --arch NAME")
     overrides = _overrides(args, data="data.path", imagenet_c="eval.imagenet_c", real="eval.real_labels")
     if args.out and len(args.runs) > 1:
         raise FastadvError("--out names one folder; with several runs leave it out (each run writes <run>/eval)")
@@ -106,6 +110,18 @@ def _eval(args: argparse.Namespace) -> None:
             out = evaluate(run, args.out, overrides, progress=not args.no_progress)
         if runfolder.is_main_process():
             print(eval_summary(out, time.perf_counter() - start))
+
+
+def _eval_weights(args: argparse.Namespace) -> None:
+    from fastadv.evaluate_weights import evaluate_weights
+
+    if not (args.weights and args.arch) or args.runs:
+        raise FastadvError("--weights FILE and --arch NAME go together, without run folders "
+                           "(e.g. fastadv eval --weights robust_r50.pt --arch resnet50 --data /data/imagenet)")
+    overrides = _overrides(args, imagenet_c="eval.imagenet_c", real="eval.real_labels")
+    out = evaluate_weights(args.weights, args.arch, args.data, args.out, args.recipe, overrides,
+                           progress=not args.no_progress)
+    print(f"run folder: {out}\npredictions and eval.json: {out / 'eval'}\nreport: {out / 'report' / 'report.html'}")
 
 
 def _evaluated(run: str, out: str | None, overrides: list[str]) -> bool:
@@ -208,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate checkpoints: clean and PGD-40, class-wise predictions",
                        description="Write predictions CSVs and eval.json for each run (default: <run>/eval).")
-    e.add_argument("runs", nargs="+", help="run folders or checkpoint files")
+    e.add_argument("runs", nargs="*", help="run folders or checkpoint files")
     e.add_argument("--data", help="dataset root (sets data.path); default: the one the run trained on")
     e.add_argument("--imagenet-c", metavar="PATH|generate",
                    help="ImageNet-C: a released folder <corruption>/<severity>/<wnid>/*.JPEG, or 'generate' to "
@@ -216,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--real", metavar="PATH", help="ReaL labels (real.json); default: the copy inside imagenet-x")
     e.add_argument("--out", help="output folder (one run only)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--weights", metavar="FILE|ENUM|timm", help="evaluate these weights without a training run: a "
+                   "state dict / timm / torchvision / robustness / RobustBench file (.pth, .pt, .safetensors), a "
+                   "torchvision weights name, or 'timm'; needs --arch (sets model.weights)")
+    e.add_argument("--arch", help="architecture of --weights: a torchvision name (resnet50) or timm:NAME")
+    e.add_argument("--recipe", help="recipe for --weights (default: demo-std for --data demo or none, else imagenet-std)")
     e.add_argument("--skip-existing", action="store_true",
                    help="skip runs whose eval.json is newer than their checkpoint and was asked the same")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

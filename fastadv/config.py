@@ -26,13 +26,19 @@ else:  # pragma: no cover
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet50"  # any torchvision classification model with an `fc` head
+    arch: str = "resnet50"  # any torchvision classifier (resnet50, convnext_tiny, vit_b_16) or timm:NAME
     num_classes: int = 1000  # K
     num_aux: int = 0  # M extra label-augmentation logits (Adv+ uses 1: the "adv" op)
-    pretrained: bool = True  # torchvision's default weights, from the local torch hub cache
+    pretrained: bool = True  # the library's default weights (torchvision: local torch hub cache only)
     init: str = ""  # path to a state dict / fastadv checkpoint to start from instead
+    # torchvision weights enum (ResNet50_Weights.IMAGENET1K_V2) | timm (download) | a file; see fastadv.weights
+    weights: str = ""
+    normalize: str = "auto"  # auto = the model's own mean/std (written into mean/std) | fixed = mean/std as given
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    image_size: int = 0  # the size the network is built for (ViT position tables); 0 = data.image_size
+    drop_path: float = 0.0  # stochastic depth rate (timm drop_path_rate / torchvision stochastic_depth_prob)
+    kwargs: str = ""  # extra constructor arguments, TOML pairs: "depth = 2, embed_dim = 64"
 
 
 @dataclass
@@ -102,6 +108,11 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-5
     warmup_steps: int = 0
+    warmup_epochs: float = 0.0  # linear warm-up length in epochs (used when warmup_steps = 0)
+    name: str = "sgd"  # sgd | adamw (decoupled decay; none on norms, biases and other 1-d parameters)
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    clip_grad_norm: float = 0.0  # clip the global gradient norm to this (0 = off)
+    ema_decay: float = 0.0  # EMA of the weights per step, evaluated instead of the raw weights (0 = off)
 
 
 @dataclass
@@ -168,6 +179,8 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_CHOICES = ("auto", "true", "false")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LR_SCALING = ("none", "linear", "sqrt")
+OPTIMIZERS = ("sgd", "adamw")
+NORMALIZE_MODES = ("auto", "fixed")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -207,6 +220,9 @@ def load_config(recipe: str, overrides: list[str] | None = None) -> Config:
     for item in overrides or []:
         apply_override(cfg, item)
     validate(cfg)
+    from fastadv.model_zoo import resolve_model_config  # imports torch and timm
+
+    resolve_model_config(cfg)  # what the model's own config decides, recorded in cfg
     return cfg
 
 
@@ -371,6 +387,29 @@ def validate(cfg: Config) -> None:
     _choice("train.lr_scaling", t.lr_scaling, LR_SCALING)
     if t.dist_timeout_s <= 0:
         raise FastadvError(f"train.dist_timeout_s={t.dist_timeout_s:g} must be > 0 (seconds)")
+    _validate_models(cfg)
+
+
+def _validate_models(cfg: Config) -> None:
+    """The architecture and optimizer fields (issue 15)."""
+    m, o = cfg.model, cfg.optim
+    _choice("optim.name", o.name, OPTIMIZERS)
+    _choice("model.normalize", m.normalize, NORMALIZE_MODES)
+    if not 0 <= m.drop_path < 1:
+        raise FastadvError(f"model.drop_path={m.drop_path:g} must be in [0, 1), e.g. 0.1")
+    if m.image_size < 0:
+        raise FastadvError(f"model.image_size={m.image_size} must be >= 0 (0 = data.image_size)")
+    if o.warmup_steps < 0 or o.warmup_epochs < 0:
+        raise FastadvError("optim.warmup_steps and optim.warmup_epochs must be >= 0")
+    if o.clip_grad_norm < 0:
+        raise FastadvError(f"optim.clip_grad_norm={o.clip_grad_norm:g} must be >= 0 (0 = off)")
+    if not 0 <= o.ema_decay < 1:
+        raise FastadvError(f"optim.ema_decay={o.ema_decay:g} must be in [0, 1), e.g. 0.9999 (0 = off)")
+    if not all(0 <= b < 1 for b in o.betas):
+        raise FastadvError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    if o.ema_decay and "cfa" in cfg.method.name and cfg.cfa.fawa:
+        raise FastadvError("optim.ema_decay and cfa.fawa both average the weights for evaluation; "
+                           "set optim.ema_decay=0 or cfa.fawa=false")
 
 
 def to_toml(cfg: Config) -> str:

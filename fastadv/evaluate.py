@@ -43,7 +43,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     cfg = from_dict(ckpt["config"])
     for item in overrides or []:
         apply_override(cfg, item)
-    cfg.model.pretrained, cfg.model.init = False, ""  # the checkpoint carries the weights
+    cfg.model.pretrained, cfg.model.init, cfg.model.weights = False, "", ""  # the checkpoint carries the weights
     validate(cfg)
     out = Path(out_dir) if out_dir else ckpt_path.parent / "eval"
     # Under torchrun each rank evaluates whole batches of its own and rank 0 writes (fastadv.distributed).

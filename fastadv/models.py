@@ -1,8 +1,9 @@
-"""build_model(): a torchvision classifier with Normalize inside and a K+M output head.
+"""build_model(): any torchvision or timm classifier with Normalize inside and a K+M output head.
 
-Inputs are images in [0, 1]; the first module normalizes them, so attacks and their eps
-live in pixel units. The head has K class logits plus M label-augmentation logits; the
-first K rows come from the pretrained classifier, the M extra rows start at zero.
+Inputs are images in [0, 1]; the first module normalizes them with the model's own mean/std,
+so attacks and their eps live in pixel units. The head has K class logits plus M
+label-augmentation logits; the first K rows come from the loaded classifier, the M extra rows
+start at zero. Architectures: fastadv.model_zoo; weight files and their layouts: fastadv.weights.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
+from fastadv import model_zoo, weights
 from fastadv.config import ModelConfig
 from fastadv.errors import FastadvError
 
@@ -30,103 +31,78 @@ class Normalize(nn.Module):
 
 
 class RobustClassifier(nn.Module):
-    """Normalize -> torchvision network; logits over K classes + M augmentation labels."""
+    """Normalize -> network; logits over K classes + M augmentation labels."""
 
-    def __init__(self, net: nn.Module, normalize: Normalize, num_classes: int, num_aux: int) -> None:
+    def __init__(self, net: nn.Module, normalize: Normalize, num_classes: int, num_aux: int,
+                 head_path: str = "fc", channels_last: bool = True) -> None:
         super().__init__()
         self.normalize = normalize
         self.net = net
         self.num_classes = num_classes
         self.num_aux = num_aux
+        self.head_path = head_path  # attribute path of the K+M Linear inside net
+        self.channels_last = channels_last  # whether this family gains from channels_last (model_zoo decides)
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.net.get_submodule(self.head_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last:
+            x = x.contiguous()  # transformers run NCHW (a no-op unless the caller passed channels_last)
         return self.net(self.normalize(x))
 
 
-def _classifier_names() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+def _weights_source(cfg: ModelConfig) -> tuple[str, str] | None:
+    """(kind, value) of the weights to load: init > weights > pretrained."""
+    if cfg.init:
+        return "file", cfg.init
+    w = cfg.weights.strip()
+    if w == "timm":
+        return "timm", w
+    if w:
+        if Path(w).expanduser().is_file() or "/" in w or w.endswith((".pth", ".pt", ".safetensors", ".ckpt", ".bin")):
+            return "file", w
+        return "torchvision-enum", w
+    if cfg.pretrained:
+        return ("timm", "timm") if cfg.arch.startswith(model_zoo.TIMM_PREFIX) else ("torchvision-default", cfg.arch)
+    return None
 
 
-def _pretrained_state(arch: str) -> dict[str, torch.Tensor]:
-    """torchvision's default weights for `arch`, read from the local hub cache only (no download)."""
-    try:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-    except (ValueError, AttributeError) as exc:
-        raise FastadvError(f"torchvision has no pretrained weights for {arch!r}; set model.pretrained=false") from exc
-    filename = Path(weights.url).name
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    if not cached.is_file():
-        raise FastadvError(
-            f"pretrained weights for {arch} ({weights}) are not available offline: expected {cached}. "
-            f"Download {weights.url} on a machine with internet and copy it there (or set TORCH_HOME), "
-            f"pass --init /path/to/{filename}, or train from scratch with model.pretrained=false"
-        )
-    return torch.load(cached, map_location="cpu", weights_only=True)
-
-
-def _init_state(path: str) -> dict[str, torch.Tensor]:
-    """Backbone weights from a file: a plain torchvision state dict or a fastadv checkpoint."""
-    p = Path(path)
-    if p.is_dir() and (p / "checkpoint.pt").is_file():  # a run folder: its checkpoint
-        p = p / "checkpoint.pt"
-    if not p.is_file():
-        raise FastadvError(f"model.init={path!r} does not exist; pass a .pth state dict, a fastadv checkpoint or "
-                           "a run folder holding checkpoint.pt")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-torch files
-        from fastadv.checkpoint import refusal_reason
-
-        raise FastadvError(f"model.init={path!r} could not be read as a torch state dict: {refusal_reason(exc)}") from None
-    if isinstance(obj, dict) and obj.get("format") == "fastadv-checkpoint":
-        obj = {k.removeprefix("net."): v for k, v in obj["model"].items() if k.startswith("net.")}
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FastadvError(f"model.init={path!r} is not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def _load_backbone(net: nn.Module, state: dict[str, torch.Tensor], source: str, num_classes: int, num_aux: int) -> None:
-    """Load weights; the K+M head takes the first K rows of a matching classifier, M rows zero."""
-    fc: nn.Linear = net.fc
-    head_w, head_b = state.pop("fc.weight", None), state.pop("fc.bias", None)
-    try:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise FastadvError(f"weights from {source} do not fit model.arch: {str(exc).splitlines()[1:3]}") from exc
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise FastadvError(
-            f"weights from {source} do not fit this architecture: missing {missing[:5]}, unexpected {unexpected[:5]} "
-            f"(check model.arch)"
-        )
-    with torch.no_grad():
-        if head_w is not None and head_w.shape[0] >= num_classes and head_w.shape[1] == fc.in_features:
-            fc.weight[:num_classes].copy_(head_w[:num_classes])
-            if head_b is not None:
-                fc.bias[:num_classes].copy_(head_b[:num_classes])
-        fc.weight[num_classes:].zero_()
-        fc.bias[num_classes:].zero_()
+def _read_source(kind: str, value: str, arch: model_zoo.Arch, net_keys: set[str]) -> weights.LoadedWeights:
+    if kind == "file":
+        return weights.unwrap(weights.read_file(value), value, net_keys)
+    if kind == "timm":
+        if arch.library != "timm":
+            raise FastadvError(f"model.weights=timm needs a timm architecture (model.arch=timm:NAME), not {arch.name!r}")
+        return weights.LoadedWeights(weights.timm_pretrained_state(arch.name), f"timm {arch.name} pretrained", "timm")
+    if kind == "torchvision-enum":
+        state, name = weights.torchvision_weights_state(value)
+        return weights.LoadedWeights(state, name, "torchvision")
+    state, name = weights.default_weights_state(arch.name)
+    return weights.LoadedWeights(state, name, "torchvision")
 
 
 def build_model(cfg: ModelConfig) -> RobustClassifier:
-    """A torchvision network (fc-headed, e.g. ResNets) with Normalize first and K+M outputs."""
-    if cfg.arch not in _classifier_names():
-        raise FastadvError(f"model.arch={cfg.arch!r} is not a torchvision classification model (e.g. resnet50, resnet18)")
-    net = torchvision.models.get_model(cfg.arch, weights=None)
-    if not isinstance(getattr(net, "fc", None), nn.Linear):
-        raise FastadvError(f"model.arch={cfg.arch!r} has no `fc` classifier; use a ResNet-style torchvision model")
-    out = cfg.num_classes + cfg.num_aux
-    net.fc = nn.Linear(net.fc.in_features, out)
-    with torch.no_grad():
-        net.fc.weight[cfg.num_classes:].zero_()
-        net.fc.bias[cfg.num_classes:].zero_()
-    if cfg.init:
-        _load_backbone(net, _init_state(cfg.init), cfg.init, cfg.num_classes, cfg.num_aux)
-    elif cfg.pretrained:
-        _load_backbone(net, _pretrained_state(cfg.arch), f"torchvision {cfg.arch} weights", cfg.num_classes, cfg.num_aux)
-    return RobustClassifier(net, Normalize(cfg.mean, cfg.std), cfg.num_classes, cfg.num_aux)
+    """Network by name (model_zoo), weights (fastadv.weights), Normalize first, K+M outputs.
+
+    A weights file that carries its own input normalization (robustness, RobustBench) sets
+    model.mean/std (written back to cfg, with cfg.normalize = "fixed", so the run records it).
+    """
+    if cfg.normalize == "auto":
+        d = model_zoo.model_defaults(cfg.arch)
+        cfg.mean, cfg.std = tuple(float(v) for v in d.mean), tuple(float(v) for v in d.std)
+    net, arch = model_zoo.create_network(cfg, cfg.num_classes + cfg.num_aux)
+    head_path = model_zoo.classifier_path(net, arch)
+    model_zoo.zero_extra_rows(net.get_submodule(head_path), cfg.num_classes)
+    source = _weights_source(cfg)
+    if source is not None:
+        loaded = _read_source(*source, arch, set(net.state_dict()))
+        weights.load_into(net, loaded, head_path, cfg.num_classes)
+        if loaded.mean is not None:
+            cfg.mean, cfg.std, cfg.normalize = loaded.mean, loaded.std, "fixed"
+    return RobustClassifier(net, Normalize(cfg.mean, cfg.std), cfg.num_classes, cfg.num_aux, head_path,
+                            arch.channels_last)
 
 
 def predict_k(logits: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -40,8 +40,10 @@ def maybe_compile(model: torch.nn.Module, setting: str, mode: str, device: torch
 
 
 def prepare_model(model: RobustClassifier, device: torch.device, channels_last: bool) -> RobustClassifier:
+    """channels_last where the architecture family gains from it (RobustClassifier.channels_last: CNNs)."""
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    use = channels_last and getattr(model, "channels_last", True)
+    return model.to(memory_format=torch.channels_last) if use else model
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

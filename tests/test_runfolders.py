@@ -211,10 +211,10 @@ def test_out_pointing_at_a_file_is_refused(trained, tmp_path, capsys, command):
 
 
 def test_init_accepts_a_run_folder(trained):
-    from fastadv.models import _init_state
+    from fastadv.weights import read_file
 
-    state = _init_state(str(trained["run"]))
-    assert state and all(not k.startswith("net.") for k in state)
+    state = read_file(str(trained["run"]))
+    assert state["format"] == "fastadv-checkpoint" and state["model"]
 
 
 def test_refused_checkpoint_does_not_advise_an_unsafe_load(tmp_path, capsys):

@@ -25,11 +25,12 @@ from fastadv.data.subset import IndexSubset, stratified_holdout
 from fastadv.errors import FastadvError, NonFiniteLossError
 from fastadv.methods import EpochContext, build_method
 from fastadv.models import build_model, predict_k
+from fastadv.optim import WeightEma, build_optimizer
 from fastadv.progress import progress_bar
 from fastadv.runfolder import check_dataset, dataset_fingerprint, save_config
 from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
 from fastadv.train.runlog import JsonlLog, log_names
-from fastadv.train.schedule import cosine_lr
+from fastadv.train.schedule import lr_at
 from fastadv.train.state import Progress, TrainState
 from fastadv.train.step import train_step
 
@@ -66,11 +67,11 @@ class Trainer:
         # forward (under torchrun: compile(DDP(model)), carrying attack_model for the attacks).
         self.attack_model = maybe_compile(self.model, cfg.train.compile, cfg.train.compile_mode, self.device)
         o = cfg.optim
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        self.optimizer = build_optimizer(self.model, o)  # sgd (the paper's) | adamw
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.global_batch = cfg.data.batch_size * world  # data.batch_size is per rank
         self.state = TrainState(cfg, self.model, self.optimizer, self.scaler, build_method(cfg), self.dist,
-                                self.device, self.global_batch)
+                                self.device, self.global_batch, ema=WeightEma(o.ema_decay) if o.ema_decay else None)
         self.base_lr = o.lr * distributed.lr_factor(cfg.train.lr_scaling, world)
         self.steps_per_epoch = len(self.train_set) // self.global_batch
         if self.steps_per_epoch < 1:
@@ -197,12 +198,13 @@ class Trainer:
             return
         x = to_device(batch.images, self.device, cfg.train.channels_last)
         y = batch.labels.to(self.device, non_blocking=True)
-        lr = cosine_lr(p.step, self.total_steps, self.base_lr, cfg.optim.min_lr_ratio, cfg.optim.warmup_steps)
+        lr = lr_at(p.step, self.total_steps, self.base_lr, cfg.optim, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         try:
             loss, stats = train_step(self.method, self.run_model, self.optimizer, self.scaler, x, y, self.device,
-                                     self.amp, where=f" at step {p.step + 1} (epoch {p.epoch + 1})")
+                                     self.amp, where=f" at step {p.step + 1} (epoch {p.epoch + 1})",
+                                     clip_grad_norm=cfg.optim.clip_grad_norm)
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(
                 f"{exc}, and the last good checkpoint {self.checkpoint_path} is intact. "
@@ -210,6 +212,8 @@ class Trainer:
             ) from None
         if self.dist.active and not cfg.train.sync_batchnorm:
             distributed.broadcast_buffers(self.model)  # every rank continues with rank 0's BatchNorm statistics
+        if self.state.ema is not None:
+            self.state.ema.update(self.model)
         p.step += 1
         p.batch_in_epoch += 1
         window["images"] += images

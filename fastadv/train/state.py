@@ -63,11 +63,12 @@ class TrainState:
     device: torch.device
     global_batch: int  # data.batch_size x world size
     progress: Progress = field(default_factory=Progress)
+    ema: Any = None  # a fastadv.optim.WeightEma (optim.ema_decay > 0): evaluated instead of the raw weights
 
     def save(self, path: Path) -> None:
         """Rank 0 writes; every rank must call it (its RNG state and rank-local method state are gathered)."""
         method_state = self.method.state_dict()
-        eval_weights = self.method.eval_weights()
+        eval_weights = self.ema.weights() if self.ema is not None else self.method.eval_weights()
         method_local = distributed.gather_rank_local(method_state)
         rngs = distributed.gather_objects(rng_state(self.device))
         if not self.dist.is_main:
@@ -86,6 +87,7 @@ class TrainState:
             "scaler": self.scaler.state_dict(),
             "progress": progress,
             "rng": rngs[0],
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             **extra,
         })
 
@@ -102,6 +104,8 @@ class TrainState:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"], self.device)
         saved = dict(ckpt["progress"])
         saved_world = saved.pop("world_size", 1)
         saved_batch = saved.pop("global_batch", 0) or ckpt["config"]["data"]["batch_size"]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from fastadv.errors import NonFiniteLossError
+from fastadv.optim import clip_gradients
 from fastadv.runtime import autocast
 
 
 def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: torch.dtype | None,
-               where: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               where: str = "", clip_grad_norm: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step of `method` (attack included); refuses a NaN/inf loss before the update."""
     model.train()
     with autocast(device, amp):
@@ -19,6 +20,7 @@ def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         raise NonFiniteLossError(f"the loss became {loss.item()}{where}; training stopped before the update")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    clip_gradients(optimizer, scaler, clip_grad_norm)  # unscale_ then clip; a no-op at 0
     scaler.step(optimizer)
     scaler.update()
     return loss, stats
