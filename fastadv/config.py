@@ -66,6 +66,7 @@ class AttackConfig:
     random_start: bool = True
     head: str = "all"  # all = CE over K+M logits (paper) | k = CE over the K class logits
     temperature: float = 1.0  # Temperature-PGD: the attack's CE uses softmax(z / T); 1 = plain PGD
+    model_mode: str = "eval"  # the model's mode while the training attack runs: eval (BatchNorm frozen) | train
 
 
 @dataclass
@@ -76,6 +77,8 @@ class MethodConfig:
     clean_fraction: float = 0.0  # share of each batch trained clean with the plain label
     beta: float = 6.0  # TRADES: weight of the KL robustness term
     trades_init_std: float = 0.001  # TRADES: the KL attack starts at x + N(0, std^2)
+    trades_reference_forwards: bool = True  # TRADES: train-mode forwards x, x', x as its code (false: x, x' only)
+    replays: int = 4  # Free AT: each minibatch is trained m times; the Trainer runs ceil(optim.epochs / m) epochs
 
 
 @dataclass
@@ -87,11 +90,23 @@ class CfaConfig:
     fawa: bool = True  # weight average, updated only when the worst class passes the gate
     lambda1: float = 0.5  # 0.5 for PGD-AT, 0.3 for TRADES (the recipes set it)
     lambda2: float = 0.5
-    warmup_epochs: int = 1  # calibration and averaging start after this many epochs
-    fawa_threshold: float = 0.2  # worst-class PGD accuracy on the held-out split needed to update
-    fawa_decay: float = 0.85  # theta_bar = decay * theta_bar + (1 - decay) * theta
+    warmup_epochs: int = 1  # calibration starts after this many epochs (-1 = the preset's begin epoch)
+    preset: str = "paper"  # FAWA threshold / decay (and begin epoch) when left at -1: paper 0.2/0.85, code 0.24/0.88/10
+    fawa_threshold: float = -1.0  # worst-class PGD accuracy on the held-out split needed to update (-1 = preset)
+    fawa_decay: float = -1.0  # theta_bar = decay * theta_bar + (1 - decay) * theta (-1 = preset)
+    fawa_after_warmup: bool = False  # true: FAWA also waits for warmup_epochs (the reference starts when the gate passes)
+    normalize_from_start: bool = True  # TRADES+CFA: loss / (1 + beta_y) from epoch 1 (reference); false: once CCR starts
+    ccm_step: str = "fixed"  # CCM attack step: fixed (eps/4 of the base eps, reference) | scaled (with each eps_k)
     fawa_gate: bool = True  # false = plain EMA every epoch (no worst-class gate)
     fawa_steps: int = 10  # PGD steps of the gate's evaluation on the held-out split
+
+
+@dataclass
+class DafaConfig:
+    """DAFA (Lee et al. 2024): class weights from the class-similarity matrix after a warm-up."""
+
+    lam: float = 1.0  # lambda: 1.0 for 10 classes, 1.5 for CIFAR-100 / STL-10 (reference)
+    warmup_epochs: int = 70  # the similarity matrix is taken during this epoch; weights apply after it
 
 
 @dataclass
@@ -122,6 +137,10 @@ class TrainConfig:
     lr_scaling: str = "none"  # none | linear (optim.lr x world size) | sqrt (optim.lr x sqrt(world size))
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)
     dist_timeout_s: float = 1800.0  # a collective waiting longer (a rank died or hangs) stops every rank with an error
+    on_overfit: str = "auto"  # catastrophic-overfitting guard: auto (warn for single-step methods, else off) | off | warn | stop | rollback
+    overfit_every: int = 0  # optimizer steps between guard checks (0 = once per epoch)
+    overfit_images: int = 256  # the guard's fixed held-out batch (held-out split if any, else the val split)
+    overfit_drop: float = 0.2  # fires when PGD accuracy falls by more than this since the last good check and FGSM's does not
     auto_resume: bool = False  # resume from out_dir's checkpoint when there is one (torchrun restarts always do)
 
 
@@ -151,6 +170,7 @@ class Config:
     attack: AttackConfig = field(default_factory=AttackConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     cfa: CfaConfig = field(default_factory=CfaConfig)
+    dafa: DafaConfig = field(default_factory=DafaConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -166,6 +186,11 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_CHOICES = ("auto", "true", "false")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LR_SCALING = ("none", "linear", "sqrt")
+ATTACK_MODEL_MODES = ("eval", "train")
+ON_OVERFIT = ("auto", "off", "warn", "stop", "rollback")
+CFA_PRESETS = {"paper": {"fawa_threshold": 0.2, "fawa_decay": 0.85, "warmup_epochs": 10},
+               "code": {"fawa_threshold": 0.24, "fawa_decay": 0.88, "warmup_epochs": 10}}
+CCM_STEPS = ("fixed", "scaled")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -175,7 +200,8 @@ def recipe_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def _read_recipe(recipe: str) -> dict[str, Any]:
+def _read_recipe(recipe: str, _depth: int = 0) -> dict[str, Any]:
+    """A recipe's tables, its `base = "..."` recipe merged in first (superseded by recipe_files on merge)."""
     path = Path(recipe)
     if path.suffix == ".toml" and path.is_file():
         text = path.read_text()
@@ -188,9 +214,19 @@ def _read_recipe(recipe: str) -> dict[str, Any]:
             )
         text = shipped.read_text()
     try:
-        return tomllib.loads(text)
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise FastadvError(f"recipe {recipe!r} is not valid TOML: {exc}") from exc
+    raw.pop("description", None)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if base == recipe or _depth > 8:
+        raise FastadvError(f"recipe {recipe!r}: base = {base!r} makes an inheritance cycle")
+    merged = {k: v for k, v in _read_recipe(str(base), _depth + 1).items() if k != "name"}
+    for key, value in raw.items():  # tables merge field by field; `name` is never inherited
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged
 
 
 def _section_classes() -> dict[str, type]:
@@ -326,6 +362,12 @@ def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
         raise FastadvError(f"{key}={value!r} is not one of: {', '.join(options)}")
 
 
+def resolved_cfa(c: CfaConfig, key: str) -> float:
+    """A CFA setting: its own value, or the preset's (paper / code) when left at -1."""
+    value = getattr(c, key)
+    return CFA_PRESETS[c.preset][key] if value == -1 and c.preset in CFA_PRESETS else value
+
+
 def validate(cfg: Config) -> None:
     """Reject bad values before anything runs, naming the field and the fix."""
     m, d, a, me, o, t, e = cfg.model, cfg.data, cfg.attack, cfg.method, cfg.optim, cfg.train, cfg.eval
@@ -353,11 +395,23 @@ def validate(cfg: Config) -> None:
         raise FastadvError(f"attack.temperature={a.temperature:g} must be > 0 (1 = plain PGD)")
     if me.beta < 0:
         raise FastadvError(f"method.beta={me.beta:g} must be >= 0")
+    _choice("attack.model_mode", a.model_mode, ATTACK_MODEL_MODES)
+    _choice("train.on_overfit", t.on_overfit, ON_OVERFIT)
+    if t.overfit_every < 0 or t.overfit_images < 1 or not 0 < t.overfit_drop <= 1:
+        raise FastadvError("train: need overfit_every >= 0, overfit_images >= 1, 0 < overfit_drop <= 1")
+    if me.replays < 1:
+        raise FastadvError(f"method.replays={me.replays} must be >= 1 (Free AT uses 4)")
+    if cfg.dafa.lam < 0 or cfg.dafa.warmup_epochs < 1:
+        raise FastadvError("dafa: need lam >= 0 and warmup_epochs >= 1")
+    _choice("cfa.preset", cfg.cfa.preset, tuple(CFA_PRESETS))
+    _choice("cfa.ccm_step", cfg.cfa.ccm_step, CCM_STEPS)
     if not 0 <= t.holdout_per_class < 1:
         raise FastadvError(f"train.holdout_per_class={t.holdout_per_class:g} must be in [0, 1), e.g. 0.02")
     c = cfg.cfa
-    if not 0 <= c.fawa_decay < 1 or not 0 <= c.fawa_threshold <= 1 or c.warmup_epochs < 0 or c.fawa_steps < 1:
-        raise FastadvError("cfa: need 0 <= fawa_decay < 1, 0 <= fawa_threshold <= 1, warmup_epochs >= 0, fawa_steps >= 1")
+    threshold, decay, warmup = (resolved_cfa(c, k) for k in ("fawa_threshold", "fawa_decay", "warmup_epochs"))
+    if not 0 <= decay < 1 or not 0 <= threshold <= 1 or warmup < 0 or c.fawa_steps < 1:
+        raise FastadvError("cfa: need 0 <= fawa_decay < 1, 0 <= fawa_threshold <= 1, warmup_epochs >= 0 (or -1 for "
+                           "the preset's), fawa_steps >= 1")
     for check in spec.checks:
         check(cfg)
     if spec.label_augmented:

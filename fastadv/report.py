@@ -16,6 +16,7 @@ from fastadv.errors import FastadvError
 from fastadv.figures import classwise_figure, imagenet_c_figure, imagenet_x_figure
 from fastadv.metrics import CORRUPTIONS, relative_change
 from fastadv.fileio import atomic_write
+from fastadv.report_ranking import rank_methods, ranking_table, run_entry
 from fastadv.report_render import Bullets, Doc, Figure, Heading, Para, Table, to_html, to_markdown
 from fastadv.scoring import Sources, find_inputs, headline, model_metrics, pgd_keys
 
@@ -333,6 +334,15 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources
         "models": models,
     }
     doc = _document(models, figures)
+    ranking = rank_methods([e for e in (run_entry(m, p) for m, p in zip(models, paths)) if e is not None])
+    if ranking:
+        metrics["ranking"] = _finite(ranking)
+        header, body = ranking_table(ranking)
+        doc.add(Heading(2, "Methods ranked: worst-class robust accuracy and class SD (mean ± SD over seeds)"),
+                Table(header, body),
+                Para("PGD is the K-head setting above. Forward passes per image per epoch of optim.epochs "
+                     "(REFERENCE.md §8: input-gradient backward ~ 1, full backward ~ 2); img/s is the median of "
+                     "each run's train.jsonl, averaged over seeds, on the machine that trained it."))
     atomic_write(out_dir / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2, allow_nan=False) + "\n"))
     atomic_write(out_dir / "report.md", lambda f: f.write(to_markdown(doc)))
     atomic_write(out_dir / "report.html", lambda f: f.write(to_html(doc, out_dir)))
