@@ -78,7 +78,7 @@ class Trainer:
                 f"training set ({len(self.train_set)} images)"
             )
         # A method that replays each minibatch m times (Free AT, MethodBase.replays) runs ceil(epochs / m) epochs.
-        self.replays = max(1, int(getattr(self.method, "replays", 1)))
+        self.replays = max(1, int(self.method.replays))
         self.epochs = -(-o.epochs // self.replays)
         self.total_steps = self.epochs * self.steps_per_epoch
         if cfg.train.max_steps:

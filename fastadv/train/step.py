@@ -8,10 +8,6 @@ from fastadv.errors import NonFiniteLossError
 from fastadv.runtime import autocast
 
 
-def _no_hook() -> None:
-    return None
-
-
 def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: torch.dtype | None,
                where: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -23,7 +19,7 @@ def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         raise NonFiniteLossError(f"the loss became {loss.item()}{where}; training stopped before the update")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    getattr(method, "after_backward", _no_hook)()  # MethodBase hook: the input gradients are readable here (Free AT)
+    method.after_backward()  # MethodBase hook: this backward's input gradients are readable here (Free AT)
     scaler.step(optimizer)
     scaler.update()
     return loss, stats
