@@ -43,7 +43,7 @@ help:  ## list the targets
 	@echo "make bench            images/sec, memory, TFLOP/s: fast path vs baselines -> bench/results/"
 	@echo "make gpu-check        one-shot GPU check (kernels, compiled step, speed, profile; <= 8 min) -> bench/results/"
 	@echo "make eval             evaluate every trained run (CKPTS) into one report: RUNS/report (IMAGENET= IMAGENET_C= REAL=)"
-	@echo "make demo-methods     every class-wise method (std ... adv-plus-cfa) x SEEDS on the demo, one report"
+	@echo "make demo-methods     every method (std ... dafa-at) x SEEDS on the demo, one report ranking them"
 	@echo "make clean-runs       delete RUNS"
 	@echo "variables: DATA=$(DATA) RUNS=$(RUNS) ARGS='optim.epochs=2 ...' CKPTS='runs/a runs/b' NPROC=$(NPROC) (GPUs: torchrun)"
 
@@ -123,7 +123,7 @@ clean-runs:  ## delete the runs folder
 	rm -rf $(RUNS)
 
 # Every class-wise method on the embedded demo, several seeds, one report (issue: class-wise methods).
-METHOD_RECIPES := std adv adv-plus trades cfa-at cfa-trades adv-plus-cfa
+METHOD_RECIPES := std adv adv-plus trades cfa-at cfa-trades adv-plus-cfa fgsm-rs fgsm-rs-plus free free-plus dafa-trades dafa-at
 SEEDS ?= 0 1 2
 demo-methods: install  ## train + evaluate every method on the demo for each of SEEDS; report in RUNS/methods/report
 	@set -e; for s in $(SEEDS); do for m in $(METHOD_RECIPES); do \

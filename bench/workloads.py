@@ -25,6 +25,7 @@ from fastadv.config import ModelConfig
 from fastadv.hardware import detect_cpu
 from fastadv.kernels import label_augmented_target, reload_triton_mode, triton_available
 from fastadv.methods.adversarial import AdversarialTraining
+from fastadv.methods.fast import FreeAdversarialTraining
 from fastadv.methods.standard import StandardTraining
 from fastadv.models import build_model
 from fastadv.runtime import autocast
@@ -105,8 +106,9 @@ def research_pgd(model, x, y, eps: float, alpha: float, steps: int) -> torch.Ten
     return adv
 
 
-def research_train_step(model, optimizer, x, y, soft_target: torch.Tensor | None, attack: bool) -> None:
-    x_train = research_pgd(model, x, y, EPS, EPS / 4, TRAIN_STEPS) if attack else x
+def research_train_step(model, optimizer, x, y, soft_target: torch.Tensor | None, attack: bool,
+                        steps: int = TRAIN_STEPS, alpha: float = EPS / 4) -> None:
+    x_train = research_pgd(model, x, y, EPS, alpha, steps) if attack else x
     model.train()
     logits = model(x_train)
     if soft_target is None:
@@ -149,6 +151,7 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
     num_aux = s.model.num_aux
     train_attack = PGD(eps=EPS, steps=TRAIN_STEPS, alpha_ratio=0.25, num_classes=num_classes, head="all")
     eval_attack = PGD(eps=EPS, steps=EVAL_STEPS, alpha=2.5 * EPS / EVAL_STEPS, num_classes=num_classes, head="k")
+    free_noise: dict[str, torch.Tensor] = {}
     if variant.name == "research":
         soft = label_augmented_target(s.y, num_classes, num_aux, 0, DELTA).float() if num_aux else None
         return {
@@ -157,10 +160,17 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
             "pgd40_eval": lambda: _research_eval(s, num_classes),
             "clean_eval": lambda: _research_clean(s, num_classes),
             "std_train_step": lambda: research_train_step(s.model, s.optimizer, s.x, s.y, None, attack=False),
+            "fgsm_rs_plus_train_step": lambda: research_train_step(s.model, s.optimizer, s.x, s.y, soft, attack=True,
+                                                                   steps=1, alpha=1.25 * EPS),
+            "free_plus_train_step": lambda: research_free_replay(s, soft, free_noise),
         }[name]
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     adv_plus = AdversarialTraining(train_attack, num_classes, delta=DELTA if num_aux else 0.0)
     std = StandardTraining(num_classes)
+    fgsm_rs_plus = AdversarialTraining(PGD(eps=EPS, steps=1, alpha_ratio=1.25, num_classes=num_classes, head="all"),
+                                       num_classes, delta=DELTA if num_aux else 0.0)
+    free_plus = FreeAdversarialTraining(eps=EPS, alpha=EPS, num_classes=num_classes, replays=4,
+                                        delta=DELTA if num_aux else 0.0)
 
     def attack() -> torch.Tensor:
         with autocast(device, variant.amp):
@@ -184,7 +194,24 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
         "adv_plus_train_step": lambda: train_step(adv_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device, variant.amp),
         "pgd40_eval": evaluate,
         "std_train_step": lambda: train_step(std, s.run_model, s.optimizer, scaler, s.x, s.y, device, variant.amp),
+        "fgsm_rs_plus_train_step": lambda: train_step(fgsm_rs_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device,
+                                                      variant.amp),
+        # one replay = one optimizer step; Free AT runs epochs / m, so its schedule's img/s is this rate
+        "free_plus_train_step": lambda: train_step(free_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device,
+                                                   variant.amp),
     }[name]
+
+
+def research_free_replay(s: Setup, soft: torch.Tensor | None, state: dict[str, torch.Tensor]) -> None:
+    """One Free AT replay as their code writes it: noise leaf, one backward, noise += eps sign(grad)."""
+    noise = state.get("noise", torch.zeros_like(s.x)).requires_grad_(True)
+    s.model.train()
+    logits = s.model((s.x + noise).clamp(0, 1))
+    loss = F.cross_entropy(logits, s.y) if soft is None else -(soft * torch.log_softmax(logits, 1)).sum(1).mean()
+    s.optimizer.zero_grad()
+    loss.backward()
+    state["noise"] = (noise.detach() + EPS * noise.grad.sign()).clamp(-EPS, EPS)
+    s.optimizer.step()
 
 
 def _research_clean(s: Setup, num_classes: int) -> torch.Tensor:
@@ -207,5 +234,7 @@ FORWARDS_PER_IMAGE = {
     "pgd40_eval": 2 * EVAL_STEPS + 1,
     "clean_eval": 1,
     "std_train_step": 3,
+    "fgsm_rs_plus_train_step": 2 + 3,  # one attack step + the training step
+    "free_plus_train_step": 3,  # per replay: one forward, one full backward (weights and input)
 }
 WORKLOADS = tuple(FORWARDS_PER_IMAGE)

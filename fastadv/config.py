@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from fastadv.attacks import HEADS
 from fastadv.errors import FastadvError
-from fastadv.methods.registry import method_spec
 from fastadv.recipe_files import read_recipe, recipe_descriptions, recipe_names  # noqa: F401 (re-exported)
+from fastadv.validation import (  # noqa: F401 (re-exported: callers import them from fastadv.config)
+    ATTACK_MODEL_MODES, CFA_PRESETS, check_eps, parse_temperatures, resolved_cfa, validate,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,6 +73,7 @@ class AttackConfig:
     random_start: bool = True
     head: str = "all"  # all = CE over K+M logits (paper) | k = CE over the K class logits
     temperature: float = 1.0  # Temperature-PGD: the attack's CE uses softmax(z / T); 1 = plain PGD
+    model_mode: str = "eval"  # the model's mode while the training attack runs: eval (BatchNorm frozen) | train
 
 
 @dataclass
@@ -82,6 +84,8 @@ class MethodConfig:
     clean_fraction: float = 0.0  # share of each batch trained clean with the plain label
     beta: float = 6.0  # TRADES: weight of the KL robustness term
     trades_init_std: float = 0.001  # TRADES: the KL attack starts at x + N(0, std^2)
+    trades_reference_forwards: bool = True  # TRADES: train-mode forwards x, x', x as its code (false: x, x' only)
+    replays: int = 4  # Free AT: each minibatch is trained m times; the Trainer runs ceil(optim.epochs / m) epochs
 
 
 @dataclass
@@ -93,11 +97,23 @@ class CfaConfig:
     fawa: bool = True  # weight average, updated only when the worst class passes the gate
     lambda1: float = 0.5  # 0.5 for PGD-AT, 0.3 for TRADES (the recipes set it)
     lambda2: float = 0.5
-    warmup_epochs: int = 1  # calibration and averaging start after this many epochs
-    fawa_threshold: float = 0.2  # worst-class PGD accuracy on the held-out split needed to update
-    fawa_decay: float = 0.85  # theta_bar = decay * theta_bar + (1 - decay) * theta
+    warmup_epochs: int = 1  # calibration starts after this many epochs (-1 = the preset's begin epoch)
+    preset: str = "paper"  # FAWA threshold / decay (and begin epoch) when left at -1: paper 0.2/0.85, code 0.24/0.88/10
+    fawa_threshold: float = -1.0  # worst-class PGD accuracy on the held-out split needed to update (-1 = preset)
+    fawa_decay: float = -1.0  # theta_bar = decay * theta_bar + (1 - decay) * theta (-1 = preset)
+    fawa_after_warmup: bool = False  # true: FAWA also waits for warmup_epochs (the reference starts when the gate passes)
+    normalize_from_start: bool = True  # TRADES+CFA: loss / (1 + beta_y) from epoch 1 (reference); false: once CCR starts
+    ccm_step: str = "fixed"  # CCM attack step: fixed (eps/4 of the base eps, reference) | scaled (with each eps_k)
     fawa_gate: bool = True  # false = plain EMA every epoch (no worst-class gate)
     fawa_steps: int = 10  # PGD steps of the gate's evaluation on the held-out split
+
+
+@dataclass
+class DafaConfig:
+    """DAFA (Lee et al. 2024): class weights from the class-similarity matrix after a warm-up."""
+
+    lam: float = 1.0  # lambda: 1.0 for 10 classes, 1.5 for CIFAR-100 / STL-10 (reference)
+    warmup_epochs: int = 70  # the similarity matrix is taken during this epoch; weights apply after it
 
 
 @dataclass
@@ -135,6 +151,10 @@ class TrainConfig:
     lr_scaling: str = "none"  # none | linear (optim.lr x world size) | sqrt (optim.lr x sqrt(world size))
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)
     dist_timeout_s: float = 1800.0  # a collective waiting longer (a rank died or hangs) stops every rank with an error
+    on_overfit: str = "auto"  # catastrophic-overfitting guard: auto (warn for single-step methods, else off) | off | warn | stop | rollback
+    overfit_every: int = 0  # optimizer steps between guard checks (0 = once per epoch)
+    overfit_images: int = 256  # the guard's fixed held-out batch (held-out split if any, else the val split)
+    overfit_drop: float = 0.2  # fires when PGD accuracy falls by more than this since the last good check and FGSM's does not
     auto_resume: bool = False  # resume from out_dir's checkpoint when there is one (torchrun restarts always do)
 
 
@@ -164,6 +184,7 @@ class Config:
     attack: AttackConfig = field(default_factory=AttackConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     cfa: CfaConfig = field(default_factory=CfaConfig)
+    dafa: DafaConfig = field(default_factory=DafaConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -173,15 +194,6 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
-BACKENDS = ("auto", "dali", "ffcv", "folder", "demo")
-DALI_DEVICES = ("auto", "cpu", "gpu")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-COMPILE_CHOICES = ("auto", "true", "false")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-LR_SCALING = ("none", "linear", "sqrt")
-OPTIMIZERS = ("sgd", "adamw")
-NORMALIZE_MODES = ("auto", "fixed")
-
 
 # ----------------------------------------------------------------------------- loading
 def _section_classes() -> dict[str, type]:
@@ -290,126 +302,6 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     else:
         return value
     raise FastadvError(f"{key}={value!r} is not a valid {getattr(typ, '__name__', typ)}")
-
-
-# -------------------------------------------------------------------------- validation
-def check_eps(key: str, eps: float) -> None:
-    """eps lives in [0, 1] pixel units; 8 almost always means 8/255."""
-    if eps > 1:
-        raise FastadvError(
-            f"{key}={eps:g} is outside (0, 1]: eps is in [0, 1] pixel units. "
-            f"Did you mean {eps:g}/255 = {eps / 255:.4f}? Write {key}={eps:g}/255"
-        )
-    if eps <= 0:
-        raise FastadvError(f"{key}={eps:g} must be in (0, 1], e.g. 0.03 or 4/255")
-
-
-def parse_temperatures(text: str) -> list[float]:
-    """eval.temperatures: comma-separated positive numbers ("" = none)."""
-    try:
-        values = [float(Fraction(t.strip())) for t in text.split(",") if t.strip()]
-    except (ValueError, ZeroDivisionError):
-        values = [-1.0]
-    if any(v <= 0 for v in values):
-        raise FastadvError(f"eval.temperatures={text!r} must be comma-separated numbers > 0, e.g. 0.5,2")
-    return values
-
-
-def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise FastadvError(f"{key}={value!r} is not one of: {', '.join(options)}")
-
-
-def validate(cfg: Config) -> None:
-    """Reject bad values before anything runs, naming the field and the fix."""
-    m, d, a, me, o, t, e = cfg.model, cfg.data, cfg.attack, cfg.method, cfg.optim, cfg.train, cfg.eval
-    spec = method_spec(me.name)
-    _choice("data.backend", d.backend, BACKENDS)
-    _choice("train.amp", t.amp, AMP_MODES)
-    _choice("train.compile", t.compile, COMPILE_CHOICES)
-    _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
-    _choice("attack.head", a.head, tuple(HEADS))
-    if spec.adversarial:
-        check_eps("attack.eps", a.eps)
-    check_eps("eval.eps", e.eps)
-    parse_temperatures(e.temperatures)
-    for key, steps in (("attack.steps", a.steps), ("eval.steps", e.steps)):
-        if steps < 1:
-            raise FastadvError(f"{key}={steps} must be >= 1")
-    for key, alpha in (("attack.alpha", a.alpha), ("eval.alpha", e.alpha)):
-        if alpha < 0:
-            raise FastadvError(f"{key}={alpha:g} must be > 0 (or 0 for the default step size)")
-    if not 0 <= me.delta < 1:
-        raise FastadvError(f"method.delta={me.delta:g} must be in [0, 1), e.g. 0.03")
-    if not 0 <= me.clean_fraction <= 1:
-        raise FastadvError(f"method.clean_fraction={me.clean_fraction:g} must be in [0, 1]")
-    if a.temperature <= 0:
-        raise FastadvError(f"attack.temperature={a.temperature:g} must be > 0 (1 = plain PGD)")
-    if me.beta < 0:
-        raise FastadvError(f"method.beta={me.beta:g} must be >= 0")
-    if not 0 <= t.holdout_per_class < 1:
-        raise FastadvError(f"train.holdout_per_class={t.holdout_per_class:g} must be in [0, 1), e.g. 0.02")
-    c = cfg.cfa
-    if not 0 <= c.fawa_decay < 1 or not 0 <= c.fawa_threshold <= 1 or c.warmup_epochs < 0 or c.fawa_steps < 1:
-        raise FastadvError("cfa: need 0 <= fawa_decay < 1, 0 <= fawa_threshold <= 1, warmup_epochs >= 0, fawa_steps >= 1")
-    for check in spec.checks:
-        check(cfg)
-    if spec.label_augmented:
-        if m.num_aux < 1:
-            raise FastadvError(f"method.name={me.name} needs model.num_aux >= 1 (the extra 'adv' label)")
-        if not 0 <= me.op_index < m.num_aux:
-            raise FastadvError(f"method.op_index={me.op_index} must be in [0, model.num_aux={m.num_aux})")
-    if m.num_classes < 2:
-        raise FastadvError(f"model.num_classes={m.num_classes} must be >= 2")
-    if m.num_aux < 0:
-        raise FastadvError(f"model.num_aux={m.num_aux} must be >= 0")
-    for key, value in (
-        ("data.batch_size", d.batch_size),
-        ("data.eval_batch_size", d.eval_batch_size),
-        ("data.image_size", d.image_size),
-        ("optim.epochs", o.epochs),
-    ):
-        if value < 1:
-            raise FastadvError(f"{key}={value} must be >= 1")
-    if d.workers < 0:
-        raise FastadvError(f"data.workers={d.workers} must be >= 0")
-    if not 0 < d.min_scale <= 1:
-        raise FastadvError(f"data.min_scale={d.min_scale:g} must be in (0, 1]")
-    _choice("data.dali_device", d.dali_device, DALI_DEVICES)
-    if d.timeout <= 0:
-        raise FastadvError(f"data.timeout={d.timeout:g} must be > 0 (seconds)")
-    if o.lr <= 0:
-        raise FastadvError(f"optim.lr={o.lr:g} must be > 0")
-    if not 0 < o.min_lr_ratio <= 1:
-        raise FastadvError(f"optim.min_lr_ratio={o.min_lr_ratio:g} must be in (0, 1]")
-    if t.checkpoint_every < 0 or t.log_every < 1 or t.max_steps < 0:
-        raise FastadvError("train.checkpoint_every and train.max_steps must be >= 0, train.log_every >= 1")
-    _choice("train.lr_scaling", t.lr_scaling, LR_SCALING)
-    if t.dist_timeout_s <= 0:
-        raise FastadvError(f"train.dist_timeout_s={t.dist_timeout_s:g} must be > 0 (seconds)")
-    _validate_models(cfg)
-
-
-def _validate_models(cfg: Config) -> None:
-    """The architecture and optimizer fields (issue 15)."""
-    m, o = cfg.model, cfg.optim
-    _choice("optim.name", o.name, OPTIMIZERS)
-    _choice("model.normalize", m.normalize, NORMALIZE_MODES)
-    if not 0 <= m.drop_path < 1:
-        raise FastadvError(f"model.drop_path={m.drop_path:g} must be in [0, 1), e.g. 0.1")
-    if m.image_size < 0:
-        raise FastadvError(f"model.image_size={m.image_size} must be >= 0 (0 = data.image_size)")
-    if o.warmup_steps < 0 or o.warmup_epochs < 0:
-        raise FastadvError("optim.warmup_steps and optim.warmup_epochs must be >= 0")
-    if o.clip_grad_norm < 0:
-        raise FastadvError(f"optim.clip_grad_norm={o.clip_grad_norm:g} must be >= 0 (0 = off)")
-    if not 0 <= o.ema_decay < 1:
-        raise FastadvError(f"optim.ema_decay={o.ema_decay:g} must be in [0, 1), e.g. 0.9999 (0 = off)")
-    if not all(0 <= b < 1 for b in o.betas):
-        raise FastadvError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
-    if o.ema_decay and "cfa" in cfg.method.name and cfg.cfa.fawa:
-        raise FastadvError("optim.ema_decay and cfa.fawa both average the weights for evaluation; "
-                           "set optim.ema_decay=0 or cfa.fawa=false")
 
 
 def to_toml(cfg: Config) -> str:

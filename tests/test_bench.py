@@ -27,7 +27,8 @@ def test_every_workload_runs_for_every_variant():
     for name in ("research", "eager-amp-cl", "fastadv"):
         variant = Variant(name, channels_last=name != "research", amp=None, compile=False, fused_kernels=True)
         s = make_setup(variant, "resnet18", 10, 1, 2, 16, device)
-        for w in ("pgd10_attack", "adv_plus_train_step", "pgd40_eval", "clean_eval", "std_train_step"):
+        for w in ("pgd10_attack", "adv_plus_train_step", "pgd40_eval", "clean_eval", "std_train_step",
+                  "fgsm_rs_plus_train_step", "free_plus_train_step"):
             before = [p.detach().clone() for p in s.model.parameters()]
             workload(w, variant, s, 10, device)()
             changed = any(not torch.equal(a, p) for a, p in zip(before, s.model.parameters()))

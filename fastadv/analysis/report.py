@@ -22,6 +22,7 @@ from fastadv.analysis.scoring import Sources, find_inputs, headline, model_metri
 from fastadv.fileio import atomic_write
 from fastadv.suites import (ATTACK, CLEAN, IMAGENET_C, IMAGENET_C_SETTING_SUITE, IMAGENET_X, REAL, TPGD, SettingSpec,
                             attack_keys, setting_spec, setting_specs, suite_spec, suite_specs)
+from fastadv.analysis.report_ranking import rank_methods, ranking_table, run_entry
 
 DASH = "—"
 SKIPPED = "skipped"
@@ -374,6 +375,15 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources
         "models": models,
     }
     doc = _document(models, figures)
+    ranking = rank_methods([e for e in (run_entry(m, p) for m, p in zip(models, paths)) if e is not None])
+    if ranking:
+        metrics["ranking"] = _finite(ranking)
+        header, body = ranking_table(ranking)
+        doc.add(Heading(2, "Methods ranked: worst-class robust accuracy and class SD (mean ± SD over seeds)"),
+                Table(header, body),
+                Para("PGD is the K-head setting above. Forward passes per image per epoch of optim.epochs "
+                     "(REFERENCE.md §8: input-gradient backward ~ 1, full backward ~ 2); img/s is the median of "
+                     "each run's train.jsonl, averaged over seeds, on the machine that trained it."))
     atomic_write(out_dir / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2, allow_nan=False) + "\n"))
     atomic_write(out_dir / "report.md", lambda f: f.write(to_markdown(doc)))
     atomic_write(out_dir / "report.html", lambda f: f.write(to_html(doc, out_dir)))

@@ -18,7 +18,7 @@ from torch import nn
 
 from fastadv import kernels
 from fastadv.attacks import HEADS
-from fastadv.config import AttackConfig, check_eps
+from fastadv.config import ATTACK_MODEL_MODES, AttackConfig, check_eps
 from fastadv.errors import FastadvError
 
 TRAIN_ALPHA_RATIO = 0.25  # attack.alpha = 0 in a recipe: the training PGD steps eps / 4 (REFERENCE.md §2)
@@ -27,11 +27,14 @@ Eps = float | torch.Tensor  # a scalar, or one eps per sample ([B], class-wise m
 
 
 @contextlib.contextmanager
-def attack_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and frozen parameters for the duration of an attack, restored afterwards."""
+def attack_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:
+    """Eval mode (or train mode: BatchNorm uses and updates batch statistics, as some reference
+    codes attack) and frozen parameters for the duration of an attack, restored afterwards."""
+    if mode not in ATTACK_MODEL_MODES:
+        raise FastadvError(f"attack model mode {mode!r} must be one of {ATTACK_MODEL_MODES}")
     was_training = model.training
     frozen = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
+    model.train(mode == "train")
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -88,11 +91,12 @@ def linf_attack(model: nn.Module, x: torch.Tensor, start: torch.Tensor, loss_fn:
 
 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, alpha: Eps, steps: int,
-             num_classes: int, random_start: bool = True, head: str = "all", temperature: float = 1.0) -> torch.Tensor:
+             num_classes: int, random_start: bool = True, head: str = "all", temperature: float = 1.0,
+             model_mode: str = "eval") -> torch.Tensor:
     """PGD l_inf (torchattacks convention): random start, mean CE, last iterate, [0,1] box."""
     x = x.detach()
     model = attack_view(model)
-    with attack_mode(model):
+    with attack_mode(model, model_mode):
         start = kernels.random_start(x, eps) if random_start else x.clone()
         return linf_attack(model, x, start, lambda logits: attack_loss(logits, y, num_classes, head, temperature),
                            alpha=alpha, eps=eps, steps=steps)
@@ -105,7 +109,8 @@ class PGD:
     eps: scalar, or per-sample eps passed at call time. The step: `alpha`, or `alpha_ratio`
     (alpha = alpha_ratio * eps, per sample); exactly one of the two. head: "k" attacks the
     K-class head, "all" the K+M logits of a label-augmented model (identical when M = 0).
-    temperature != 1: Temperature-PGD.
+    temperature != 1: Temperature-PGD. model_mode: "eval" (default, BatchNorm frozen) or
+    "train" (the mode some reference training codes attack in: CFA's PGD-AT, Wong et al.'s FGSM).
     """
 
     eps: float
@@ -116,9 +121,12 @@ class PGD:
     random_start: bool = True
     head: str = "all"
     temperature: float = 1.0
+    model_mode: str = "eval"
 
     def __post_init__(self) -> None:
         check_eps("eps", float(self.eps))
+        if self.model_mode not in ATTACK_MODEL_MODES:
+            raise FastadvError(f"attack model_mode {self.model_mode!r} must be one of {ATTACK_MODEL_MODES}")
         if self.steps < 1:
             raise FastadvError(f"steps={self.steps} must be >= 1")
         if (self.alpha is None) == (self.alpha_ratio is None):
@@ -134,13 +142,16 @@ class PGD:
     def step_size(self, eps: Eps) -> Eps:
         return self.alpha if self.alpha is not None else eps * self.alpha_ratio
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None = None,
+                 alpha: Eps | None = None) -> torch.Tensor:
+        """eps: per-sample eps [B] (class-wise methods); alpha: a step overriding the configured one."""
         eps_used: Eps = self.eps if eps is None else eps
-        if isinstance(eps_used, torch.Tensor):
-            check_attack_args(eps_used, self.step_size(eps_used), self.steps)
-        return pgd_linf(model, x, y, eps=eps_used, alpha=self.step_size(eps_used), steps=self.steps,
+        step = self.step_size(eps_used) if alpha is None else alpha
+        if isinstance(eps_used, torch.Tensor) or isinstance(step, torch.Tensor):
+            check_attack_args(eps_used, step, self.steps)
+        return pgd_linf(model, x, y, eps=eps_used, alpha=step, steps=self.steps,
                         random_start=self.random_start, num_classes=self.num_classes, head=self.head,
-                        temperature=self.temperature)
+                        temperature=self.temperature, model_mode=self.model_mode)
 
 
 def FGSM(*, eps: float, num_classes: int, random_start: bool = False, head: str = "all") -> PGD:  # noqa: N802
@@ -161,22 +172,24 @@ def training_attack(a: AttackConfig, num_classes: int) -> PGD:
     """The [attack] section as a PGD; attack.alpha = 0 means the documented eps / 4."""
     step = {"alpha": a.alpha} if a.alpha > 0 else {"alpha_ratio": TRAIN_ALPHA_RATIO}
     return PGD(eps=a.eps, steps=a.steps, num_classes=num_classes, random_start=a.random_start, head=a.head,
-               temperature=a.temperature, **step)
+               temperature=a.temperature, model_mode=a.model_mode, **step)
 
 
 def trades_kl_attack(model: nn.Module, x: torch.Tensor, *, eps: Eps, alpha: Eps, steps: int, num_classes: int,
-                     init_std: float = 0.001) -> torch.Tensor:
-    """TRADES' inner maximization: PGD on KL(f(x) || f(x')) (sum-reduced) over the K class logits,
-    starting at x + N(0, init_std^2) (Zhang et al. 2019, their reference code)."""
+                     init_std: float = 0.001, head: str = "k", model_mode: str = "eval") -> torch.Tensor:
+    """TRADES' inner maximization: PGD on KL(f(x) || f(x')) (sum-reduced) over the K class logits
+    (head "k"; "all": all K+M logits), starting at x + N(0, init_std^2), the model in eval mode
+    (Zhang et al. 2019, their reference code; model_mode="train" on request)."""
     x = x.detach()
     model = attack_view(model)
-    with attack_mode(model):
+    width = num_classes if head == "k" else None
+    with attack_mode(model, model_mode):
         with torch.no_grad():
-            p_clean = torch.softmax(model(x)[:, :num_classes].float(), dim=1)
+            p_clean = torch.softmax(model(x)[:, :width].float(), dim=1)
         start = x + init_std * torch.randn(x.shape, dtype=x.dtype, device=x.device)
 
         def kl(logits: torch.Tensor) -> torch.Tensor:
-            log_p_adv = torch.log_softmax(logits[:, :num_classes].float(), dim=1)
+            log_p_adv = torch.log_softmax(logits[:, :width].float(), dim=1)
             return torch.nn.functional.kl_div(log_p_adv, p_clean, reduction="sum")
 
         return linf_attack(model, x, start, kl, alpha=alpha, eps=eps, steps=steps)

@@ -38,10 +38,13 @@ class AdversarialTraining(MethodBase):
             clean_fraction=cfg.method.clean_fraction,
         )
 
-    def inputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None = None,
+               alpha: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The training batch (clean part, then adversarial part) and each sample's op index (-1 = clean)."""
         n_clean = round(self.clean_fraction * x.shape[0])
-        x_adv = self.attack(model, x[n_clean:], y[n_clean:], eps=None if eps is None else eps[n_clean:])
+        if isinstance(alpha, torch.Tensor):
+            alpha = alpha[n_clean:]
+        x_adv = self.attack(model, x[n_clean:], y[n_clean:], eps=None if eps is None else eps[n_clean:], alpha=alpha)
         ops = torch.full((x.shape[0],), self.op_index, dtype=torch.long, device=x.device)
         ops[:n_clean] = -1
         return (torch.cat([x[:n_clean], x_adv]) if n_clean else x_adv), ops
@@ -49,17 +52,25 @@ class AdversarialTraining(MethodBase):
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.compute(model, x, y)
 
-    def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss with an optional per-sample eps [B] (class-wise calibration, CFA).
+    def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None = None,
+                alpha: float | torch.Tensor | None = None,
+                sample_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss with an optional per-sample eps [B] (class-wise calibration, CFA), attack step
+        (a scalar or [B]; None = the attack's own) and per-sample loss weight [B] (DAFA).
 
         stats["adv_correct"] is per sample (bool, NaN-free), for class-wise bookkeeping;
         samples trained clean count as not adversarial there (False in stats["adversarial"]).
         """
-        x_train, ops = self.inputs(model, x, y, eps)
+        x_train, ops = self.inputs(model, x, y, eps, alpha)
         logits = model(x_train)
-        loss = kernels.label_augmented_ce(logits, y, self.num_classes, op_index=ops if self.delta else None, delta=self.delta)
+        ops_arg = ops if self.delta else None
+        if sample_weight is None:
+            loss = kernels.label_augmented_ce(logits, y, self.num_classes, op_index=ops_arg, delta=self.delta)
+        else:
+            per_sample = kernels.label_augmented_ce(logits, y, self.num_classes, op_index=ops_arg, delta=self.delta,
+                                                    reduction="none")
+            loss = (per_sample * sample_weight).mean()
         correct = predict_k(logits.detach(), self.num_classes) == y
         adversarial = ops >= 0
         return loss, {"train_acc": correct.float().mean(), "adv_acc": correct[adversarial].float().mean(),
-                      "adv_correct": correct, "adversarial": adversarial}
+                      "adv_correct": correct, "adversarial": adversarial, "train_logits": logits.detach()}

@@ -21,7 +21,14 @@ class MethodBase:
     - on_epoch_end(ctx) -> dict: epoch-end work (e.g. CFA's calibration); a non-empty dict is logged.
     - state_dict() / load_state_dict(state): method state saved in every checkpoint (None: stateless).
     - eval_weights() -> state dict | None: weights evaluation should use (e.g. a weight average).
+    - replays: how many optimizer steps the Trainer takes on each minibatch (Free AT: m). The
+      Trainer reads it once and runs ceil(optim.epochs / replays) epochs, so the number of
+      optimizer steps (and forward/backward passes) matches optim.epochs of plain training.
+    - after_backward(): called right after loss.backward() of every step, before the optimizer
+      step: the one backward's input gradients are there to read (Free AT updates its delta).
     """
+
+    replays: int = 1
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -36,6 +43,9 @@ class MethodBase:
         return None
 
     def eval_weights(self) -> dict[str, torch.Tensor] | None:
+        return None
+
+    def after_backward(self) -> None:
         return None
 
 

@@ -7,7 +7,19 @@ Wraps an inner method (PGD-AT, TRADES, or Adv+) and adds:
 - FAWA: after each epoch, theta_bar = decay * theta_bar + (1 - decay) * theta, but only when
   the worst-class PGD accuracy on a held-out split (2% per class) reaches a threshold
   (fawa_gate = false: a plain per-epoch EMA). The average is what gets evaluated.
-Calibration and averaging start after `warmup_epochs`.
+Calibration starts after `warmup_epochs`; FAWA as soon as its gate passes (PKU-ML/CFA).
+
+As the reference code runs it (REFERENCE.md §9), each deliberate difference a named option:
+- cfa.normalize_from_start (default true): TRADES+CFA's loss is [CE + beta_y KL] / (1 + beta_y)
+  from the first epoch (their b = beta / (1 + beta) at start); false: plain TRADES until CCR starts.
+- cfa.ccm_step = "fixed" (default): the CCM attack keeps the base step (eps / 4 of the base eps);
+  "scaled": step = ratio * eps_k.
+- FAWA's gate evaluates in eval mode (BatchNorm statistics untouched); cfa.fawa_after_warmup =
+  true makes FAWA wait for warmup_epochs as well.
+- cfa.preset = "paper" (threshold 0.2, decay 0.85) or "code" (0.24, 0.88, begin epoch 10) for the
+  fields left at -1.
+- The PGD-AT attack's model mode is attack.model_mode: "eval" by default (the same attack as adv
+  and adv-plus, so the comparison isolates CFA); their code attacks in "train" mode.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ from torch import nn
 
 from fastadv.attacks import PGD
 from fastadv.attacks.linf import TRAIN_ALPHA_RATIO
-from fastadv.config import Config
+from fastadv.config import Config, resolved_cfa
 from fastadv.methods.adversarial import AdversarialTraining
 from fastadv.methods.base import EpochContext, MethodBase
 from fastadv.methods.registry import MethodSpec, method_spec
@@ -91,6 +103,9 @@ class ClassWiseCalibration(MethodBase):
     fawa_decay: float = 0.85
     fawa_gate: bool = True
     fawa_steps: int = 10
+    normalize_from_start: bool = True
+    fixed_step: bool = True  # cfa.ccm_step = "fixed"
+    fawa_after_warmup: bool = False
     # state (checkpointed)
     epochs_done: int = 0
     t: torch.Tensor | None = None  # last epoch's class-wise robust training accuracy
@@ -105,8 +120,10 @@ class ClassWiseCalibration(MethodBase):
         inner = method_spec(spec.inner).build(cfg)
         return cls(inner=inner, num_classes=cfg.model.num_classes, eps=cfg.attack.eps, beta=cfg.method.beta,
                    ccm=c.ccm, ccr=c.ccr and isinstance(inner, Trades), fawa=c.fawa, lambda1=c.lambda1,
-                   lambda2=c.lambda2, warmup_epochs=c.warmup_epochs, fawa_threshold=c.fawa_threshold,
-                   fawa_decay=c.fawa_decay, fawa_gate=c.fawa_gate, fawa_steps=c.fawa_steps)
+                   lambda2=c.lambda2, warmup_epochs=int(resolved_cfa(c, "warmup_epochs")),
+                   fawa_threshold=resolved_cfa(c, "fawa_threshold"), fawa_decay=resolved_cfa(c, "fawa_decay"),
+                   fawa_gate=c.fawa_gate, fawa_steps=c.fawa_steps, normalize_from_start=c.normalize_from_start,
+                   fixed_step=c.ccm_step == "fixed", fawa_after_warmup=c.fawa_after_warmup)
 
     @property
     def calibrating(self) -> bool:
@@ -115,17 +132,29 @@ class ClassWiseCalibration(MethodBase):
     def class_eps(self) -> torch.Tensor | None:
         return calibrated_eps(self.t, self.eps, self.lambda1) if self.ccm and self.calibrating else None
 
+    def base_step(self) -> float:
+        """The inner attack's step at the base eps (the reference's fixed 2/255 at 8/255)."""
+        step = self.inner.step_size(self.eps) if isinstance(self.inner, Trades) else self.inner.attack.step_size(self.eps)
+        return float(step)
+
     def class_beta(self) -> torch.Tensor | None:
         return calibrated_beta(self.t, self.beta, self.lambda2) if self.ccr and self.calibrating else None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         eps_k = self.class_eps()
         eps = None if eps_k is None else eps_k.to(x.device)[y]
+        alpha = self.base_step() if eps is not None and self.fixed_step else None
         if isinstance(self.inner, Trades):
             beta_k = self.class_beta()
-            loss, stats = self.inner.compute(model, x, y, eps=eps, beta=None if beta_k is None else beta_k.to(x.device)[y])
+            if beta_k is not None:
+                beta = beta_k.to(x.device)[y]
+            elif self.normalize_from_start:  # their b = beta / (1 + beta) before calibration
+                beta = torch.full(y.shape, float(self.beta), device=x.device)
+            else:
+                beta = None
+            loss, stats = self.inner.compute(model, x, y, eps=eps, beta=beta, alpha=alpha)
         else:
-            loss, stats = self.inner.compute(model, x, y, eps=eps)
+            loss, stats = self.inner.compute(model, x, y, eps=eps, alpha=alpha)
         self._count(y, stats["adv_correct"], stats["adversarial"])
         return loss, stats
 
@@ -159,12 +188,18 @@ class ClassWiseCalibration(MethodBase):
     def _fawa(self, ctx: EpochContext) -> dict[str, Any]:
         attack = PGD(eps=self.eps, steps=self.fawa_steps, num_classes=self.num_classes, alpha_ratio=TRAIN_ALPHA_RATIO,
                      head="k")
-        clean = classwise_accuracy(ctx.run_model, ctx.holdout(), None, self.num_classes, ctx.device, ctx.amp, ctx.all_reduce)
-        robust = classwise_accuracy(ctx.run_model, ctx.holdout(), attack, self.num_classes, ctx.device, ctx.amp,
-                                    ctx.all_reduce)
+        was_training = ctx.model.training
+        ctx.model.eval()  # the gate must not move BatchNorm's statistics (their validation runs in eval mode)
+        try:
+            clean = classwise_accuracy(ctx.run_model, ctx.holdout(), None, self.num_classes, ctx.device, ctx.amp,
+                                       ctx.all_reduce)
+            robust = classwise_accuracy(ctx.run_model, ctx.holdout(), attack, self.num_classes, ctx.device, ctx.amp,
+                                        ctx.all_reduce)
+        finally:
+            ctx.model.train(was_training)
         worst = float(torch.nan_to_num(robust, nan=1.0).min())
         passed = (not self.fawa_gate) or worst >= self.fawa_threshold
-        update = passed and ctx.epoch >= self.warmup_epochs
+        update = passed and (not self.fawa_after_warmup or ctx.epoch >= self.warmup_epochs)
         if update:
             self.average = fawa_update(self.average, ctx.model.state_dict(), self.fawa_decay)
         return {"holdout_clean_acc_per_class": clean.tolist(), "holdout_robust_acc_per_class": robust.tolist(),

@@ -29,6 +29,7 @@ from fastadv.optim import WeightEma, build_optimizer
 from fastadv.progress import progress_bar
 from fastadv.runfolder import check_dataset, dataset_fingerprint, save_config
 from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
+from fastadv.train.overfit import build_guard
 from fastadv.train.runlog import JsonlLog, log_names
 from fastadv.train.schedule import lr_at
 from fastadv.train.state import Progress, TrainState
@@ -79,7 +80,10 @@ class Trainer:
                 f"the global batch (data.batch_size={cfg.data.batch_size} x {world} rank(s)) is larger than the "
                 f"training set ({len(self.train_set)} images)"
             )
-        self.total_steps = o.epochs * self.steps_per_epoch
+        # A method that replays each minibatch m times (Free AT, MethodBase.replays) runs ceil(epochs / m) epochs.
+        self.replays = max(1, int(self.method.replays))
+        self.epochs = -(-o.epochs // self.replays)
+        self.total_steps = self.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.resumed: dict[str, Any] | None = None
@@ -94,6 +98,8 @@ class Trainer:
             ddp = distributed.wrap_model(self.model, self.attack_model, self.dist)
             self.run_model = maybe_compile(ddp, cfg.train.compile, cfg.train.compile_mode, self.device)
         self.log = JsonlLog(self.out_dir / "train.jsonl", enabled=self.dist.is_main)
+        self.overfit = build_guard(cfg, self.holdout_set, self.steps_per_epoch, self.device)  # None when off
+        self._stop = False
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -139,7 +145,7 @@ class Trainer:
                            disable=not (cfg.train.progress and self.dist.is_main), every=cfg.train.log_every)
         window = {"images": 0, "skipped": 0, "start": time.perf_counter()}
         try:
-            while p.epoch < cfg.optim.epochs and not self._reached_max_steps():
+            while p.epoch < self.epochs and not self._reached_max_steps():
                 loader = build_loader(cfg.data, "train", batch_size=cfg.data.batch_size, shuffle=True,
                                       seed=cfg.train.seed, epoch=p.epoch, start_batch=p.batch_in_epoch,
                                       drop_last=True, rank=self.dist.rank, world_size=self.dist.world_size,
@@ -177,7 +183,7 @@ class Trainer:
                             dataset=shard.dataset, device=self.device)
 
     def _reached_max_steps(self) -> bool:
-        return bool(self.cfg.train.max_steps) and self.progress.step >= self.cfg.train.max_steps
+        return self._stop or (bool(self.cfg.train.max_steps) and self.progress.step >= self.cfg.train.max_steps)
 
     def _batch_counts(self, batch) -> tuple[int, int, bool]:
         """(images, skipped images) of the global batch and whether some rank's share is empty."""
@@ -202,9 +208,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         try:
-            loss, stats = train_step(self.method, self.run_model, self.optimizer, self.scaler, x, y, self.device,
-                                     self.amp, where=f" at step {p.step + 1} (epoch {p.epoch + 1})",
-                                     clip_grad_norm=cfg.optim.clip_grad_norm)
+            for _ in range(self.replays):  # 1 unless the method replays each minibatch (Free AT)
+                loss, stats = train_step(self.method, self.run_model, self.optimizer, self.scaler, x, y, self.device,
+                                         self.amp, where=f" at step {p.step + 1} (epoch {p.epoch + 1})",
+                                         clip_grad_norm=cfg.optim.clip_grad_norm)
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(
                 f"{exc}, and the last good checkpoint {self.checkpoint_path} is intact. "
@@ -222,6 +229,10 @@ class Trainer:
             self._log(loss, stats, x, y, lr, window, bar)
         if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
             self.save()
+        if self.overfit is not None and self.overfit.due(p.step):
+            record, self._stop = self.overfit.check(self.model, self.attack_model, self.optimizer,
+                                                    decide=distributed.broadcast_object)
+            self.log.write({**record, "step": p.step, "epoch": p.epoch + p.batch_in_epoch / self.steps_per_epoch})
 
     def _log(self, loss, stats, x, y, lr, window, bar) -> None:
         """One JSONL line (rank 0); the scalars are means over the ranks, images/sec the global rate."""

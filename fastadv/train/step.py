@@ -20,6 +20,7 @@ def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         raise NonFiniteLossError(f"the loss became {loss.item()}{where}; training stopped before the update")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    method.after_backward()  # MethodBase hook: this backward's input gradients are readable here (Free AT)
     clip_gradients(optimizer, scaler, clip_grad_norm)  # unscale_ then clip; a no-op at 0
     scaler.step(optimizer)
     scaler.update()
