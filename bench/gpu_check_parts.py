@@ -173,11 +173,13 @@ def train_and_eval_checks(device: torch.device, arch: str, size: int, batches: l
     """The compiled Adv+ training step and PGD-40 evaluation, under sync-debug 'error' on CUDA."""
     from fastadv.attacks import PGD
     from fastadv.runtime import autocast
+    from fastadv.suites import eval_step_size
     from fastadv.train import train_step
 
     rows: list[dict] = []
     cfg, model, compiled, method, optimizer, scaler, amp = build_adv_plus(device, arch, size, steps)
-    eval_attack = PGD(eps=cfg.eval.eps, steps=cfg.eval.steps, num_classes=cfg.model.num_classes, head="k")
+    eval_attack = PGD(eps=cfg.eval.eps, steps=cfg.eval.steps, alpha=eval_step_size(cfg.eval), num_classes=cfg.model.num_classes,
+                      head="k")
     for batch in batches:
         x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, cfg.model.num_classes, (batch,), device=device)

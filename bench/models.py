@@ -45,7 +45,7 @@ def measure(arch: str, size: int, batch: int, channels_last: bool, device: torch
         x = x.contiguous(memory_format=torch.channels_last)
     optim = OptimConfig(name="sgd" if arch == "resnet50" else "adamw", lr=1e-4, weight_decay=0.05)
     optimizer = build_optimizer(model, optim)
-    method = AdversarialTraining(PGD(eps=EPS, steps=TRAIN_STEPS, num_classes=1000, head="all"), 1000, delta=DELTA)
+    method = AdversarialTraining(PGD(eps=EPS, steps=TRAIN_STEPS, alpha_ratio=0.25, num_classes=1000, head="all"), 1000, delta=DELTA)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     amp = torch.bfloat16 if device.type == "cuda" else None
     t = time_it(lambda: train_step(method, model, optimizer, scaler, x, y, device, amp), device, warmup, repeats)

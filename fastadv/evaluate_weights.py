@@ -12,18 +12,10 @@ import json
 from pathlib import Path
 
 from fastadv.checkpoint import CHECKPOINT_NAME, fingerprint, save_checkpoint
+from fastadv.analysis.report import build_report
 from fastadv.config import load_config, to_toml
 from fastadv.errors import FastadvError
 from fastadv.fileio import atomic_write
-
-
-def _build_report(inputs, out_dir):
-    """The report builder, imported at this one place (it may move to fastadv.analysis.report)."""
-    try:
-        from fastadv.analysis.report import build_report
-    except ImportError:
-        from fastadv.report import build_report
-    return build_report(inputs, out_dir)
 
 
 def default_recipe(data: str | None) -> str:
@@ -60,5 +52,5 @@ def evaluate_weights(weights: str, arch: str, data: str | None = None, out: str 
         "weights_source": {"weights": weights, "arch": arch}, "progress": {"epoch": 0, "step": 0},
     })
     eval_dir = evaluate(out_dir, progress=progress)
-    _build_report([eval_dir], out_dir / "report")
+    build_report([eval_dir], out_dir / "report")
     return out_dir

@@ -18,7 +18,7 @@ from fastadv.methods.dafa import ClassWeighting, dafa_weights, dafa_weights_refe
 from fastadv.methods.fast import FreeAdversarialTraining
 from fastadv.methods.registry import forward_equivalents
 from fastadv.methods.trades import TRADES_ALPHA_RATIO, Trades, trades_loss
-from fastadv.report_ranking import rank_methods
+from fastadv.analysis.report_ranking import rank_methods
 from fastadv.train.overfit import OverfitGuard, collapsed
 from fastadv.train.step import train_step
 

@@ -62,7 +62,7 @@ def test_every_family_trains_attacks_saves_resumes_and_evaluates(tmp_path, arch,
     loss, _ = train_step(build_method(cfg), model, opt, torch.amp.GradScaler("cpu", enabled=False), x, y,
                          torch.device("cpu"), None, clip_grad_norm=1.0)
     assert torch.isfinite(loss) and any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    x_adv = PGD(eps=0.03, steps=2, num_classes=10, head="k")(model.eval(), x, y)
+    x_adv = PGD(eps=0.03, steps=2, alpha_ratio=0.25, num_classes=10, head="k")(model.eval(), x, y)
     assert (x_adv - x).abs().max() <= 0.03 + 1e-6 and 0 <= x_adv.min() and x_adv.max() <= 1
     # save (1 step), resume to the end of the epoch (2 steps), evaluate the EMA weights
     train(cfg)
