@@ -15,6 +15,7 @@ from typing import Any
 
 from fastadv.attacks import HEADS
 from fastadv.errors import FastadvError
+from fastadv.eval_options import RobustnessOptions
 from fastadv.methods.registry import method_spec
 from fastadv.recipe_files import read_recipe, recipe_descriptions, recipe_names  # noqa: F401 (re-exported)
 
@@ -125,7 +126,7 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RobustnessOptions):  # + subset, AutoAttack, masking checks, paper-code
     eps: float = 0.03
     steps: int = 40
     alpha: float = 0.0  # 0 = 2.5 * eps / steps
@@ -140,26 +141,6 @@ class EvalConfig:
     severities: str = "1,2,3,4,5"
     real_labels: str = ""  # ReaL label lists ("" = real.json shipped inside the imagenet-x package)
     temperatures: str = ""  # Temperature-PGD settings, e.g. "0.5,2" (K-class head, same eps/steps as PGD)
-    # which images: "" = all | robustbench-5k (RobustBench's ImageNet ids) | per-class:N (seeded) | a file of ids
-    subset: str = ""
-    # AutoAttack (pyautoattack; `fastadv eval --suite autoattack`): at autoattack_eps and, when
-    # autoattack_at_eval_eps, also at eval.eps (the paper's 0.03)
-    autoattack: bool = False
-    autoattack_eps: float = 4 / 255  # RobustBench's ImageNet l_inf eps
-    autoattack_at_eval_eps: bool = True
-    autoattack_version: str = "standard"  # standard | plus | rand | custom (autoattack_attacks, in order)
-    autoattack_attacks: str = ""  # e.g. "apgd-ce,square"; with a package version: run only these of it
-    square_queries: int = 0  # 0 = the version's Square budget (5000)
-    # gradient-masking checks (`--suite masking`): PGD-10/100, PGD-40 at eps multiples, APGD-CE vs Square, transfer
-    masking_checks: bool = False
-    masking_eps: str = "0.25,0.5,1,2,4,16"  # multiples of eval.eps (capped at 1); the largest must reach ~0%
-    masking_tolerance: float = 0.01  # robust-accuracy slack of the monotonicity and comparison checks
-    masking_zero: float = 0.02  # "~0%": robust accuracy at the largest eps at most this
-    transfer_from: str = ""  # the Std run/checkpoint the transfer attack is crafted on ("" = check skipped)
-    # "standard" (true label, pixel eps, [0, 1] box) | "paper-code": also PGD as the paper's code runs it
-    attack_convention: str = "standard"
-    paper_eps: float = 0.03  # paper-code: eps and step in normalized-input units (REFERENCE.md §9)
-    paper_step: float = 0.01
 
 
 @dataclass
@@ -185,7 +166,6 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_CHOICES = ("auto", "true", "false")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LR_SCALING = ("none", "linear", "sqrt")
-ATTACK_CONVENTIONS = ("standard", "paper-code")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -306,17 +286,6 @@ def check_eps(key: str, eps: float) -> None:
         raise FastadvError(f"{key}={eps:g} must be in (0, 1], e.g. 0.03 or 4/255")
 
 
-def parse_eps_multiples(text: str) -> list[float]:
-    """eval.masking_eps: comma-separated positive multiples of eval.eps, sorted."""
-    try:
-        values = sorted(float(v) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise FastadvError(f"eval.masking_eps={text!r}: give comma-separated multiples of eval.eps, e.g. 0.5,1,4,16") from e
-    if not values or values[0] <= 0:
-        raise FastadvError(f"eval.masking_eps={text!r}: give positive multiples of eval.eps, e.g. 0.5,1,4,16")
-    return values
-
-
 def parse_temperatures(text: str) -> list[float]:
     """eval.temperatures: comma-separated positive numbers ("" = none)."""
     try:
@@ -345,11 +314,9 @@ def validate(cfg: Config) -> None:
     if spec.adversarial:
         check_eps("attack.eps", a.eps)
     check_eps("eval.eps", e.eps)
-    check_eps("eval.autoattack_eps", e.autoattack_eps)
-    _choice("eval.attack_convention", e.attack_convention, ATTACK_CONVENTIONS)
-    if e.square_queries < 0 or not 0 <= e.masking_tolerance < 1 or not 0 <= e.masking_zero < 1:
-        raise FastadvError("eval.square_queries must be >= 0, eval.masking_tolerance and eval.masking_zero in [0, 1)")
-    parse_eps_multiples(e.masking_eps)
+    from fastadv.eval_options import validate_robustness_options  # AutoAttack, masking checks, paper-code
+
+    validate_robustness_options(e)
     parse_temperatures(e.temperatures)
     for key, steps in (("attack.steps", a.steps), ("eval.steps", e.steps)):
         if steps < 1:

@@ -335,7 +335,7 @@ def masking_settings(cfg) -> list[Setting]:
     """The attacks the gradient-masking checks compare (K-class head, eval.eps unless named)."""
     from fastadv.attacks import PGD as PGDAttack
     from fastadv.attacks import TransferPGD
-    from fastadv.config import parse_eps_multiples
+    from fastadv.eval_options import parse_eps_multiples
 
     e = cfg.eval
     if not e.masking_checks:
@@ -368,7 +368,7 @@ def masking_settings(cfg) -> list[Setting]:
 
 
 def paper_code_settings(cfg) -> list[Setting]:
-    """PGD as the paper's code runs it (fastadv.attacks.paper_code), next to the standard PGD."""
+    """PGD as the paper's code runs it (fastadv.attacks.paper_convention), next to the standard PGD."""
     from fastadv.attacks import PaperCodePGD
 
     e = cfg.eval

@@ -8,8 +8,8 @@ from torch import nn
 
 from fastadv import suites
 from fastadv.analysis.masking import FAIL, PASS, masking_checks
-from fastadv.attacks.autoattack import AutoAttackRun, HeadView
-from fastadv.attacks.paper_code import PaperCodePGD
+from fastadv.attacks.auto_attack import AutoAttackRun, HeadView
+from fastadv.attacks.paper_convention import PaperCodePGD
 from fastadv.config import Config, validate
 from fastadv.data.eval_subset import per_class_indices, robustbench_ids, select_subset
 from fastadv.errors import FastadvError
@@ -43,7 +43,7 @@ def test_flags_equal_a_direct_pyautoattack_call():
     x_direct, y_direct = aa.run_standard_evaluation(x, y, batch_size=len(x))
     assert extra["robust"] == y_direct.eq(y).int().tolist()
     assert torch.equal(x_ours, x_direct)
-    assert extra["broken_by"][:2] == ["clean", "clean"]
+    assert extra["broken_by"][:2] == ["clean-error", "clean-error"]
     assert all((b == "") == bool(r) for b, r in zip(extra["broken_by"], extra["robust"]))
 
 

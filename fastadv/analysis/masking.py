@@ -49,7 +49,7 @@ def masking_checks(model: dict[str, Any]) -> list[dict[str, str]]:
 
     steps = sorted([(int(re.fullmatch(r"\D*(\d+)", k).group(1)), k) for k in s
                     if k == pgd_k or k in {suites.mask_pgd_key(n) for n in suites.MASK_STEPS}])
-    named = [(f"PGD-{n}", _acc(s, k)) for n, k in steps]
+    named = [(f"{n} steps", _acc(s, k)) for n, k in steps]
     out.append({"check": "robust accuracy falls with PGD steps", **_status(_chain(named, tol) if len(named) > 1 else
                                                                            (SKIP, "fewer than two step counts"))})
     eps = sorted((float(s[k].get("multiple", 0)), k) for k in mine if "multiple" in s[k])

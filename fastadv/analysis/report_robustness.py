@@ -65,7 +65,7 @@ def _autoattack(doc: Doc, models: list[dict[str, Any]]) -> None:
     if rows:
         doc.add(Heading(2, "AutoAttack"),
                 Table(["model", "setting", "robust accuracy", "class-wise SD of error", "images by outcome"], rows, 1),
-                Para("pyautoattack 0.2.0 (the official attacks). 'clean' = misclassified without attack; each other "
+                Para("pyautoattack 0.2.0 (the official attacks). 'clean-error' = misclassified without attack; each other "
                      "name = the attack that broke the image (each attack runs only on images still robust). The K+M "
                      "row attacks all K+M logits (pyautoattack's own flag: argmax over K+M = label) and is scored, like "
                      "every row, by argmax over the K classes of the returned images."))

@@ -27,7 +27,7 @@ from fastadv.errors import FastadvError
 
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")  # pyautoattack's AttackName
 VERSIONS = ("standard", "plus", "rand", "custom")
-CLEAN_MISS = "clean"  # broken_by of an image misclassified without attack
+CLEAN_MISS = "clean-error"  # broken_by of an image misclassified without attack
 
 
 def check_autoattack_args(eps: float, version: str, attacks: tuple[str, ...]) -> None:
