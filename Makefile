@@ -112,7 +112,13 @@ IMAGENET ?=
 IMAGENET_C ?=
 REAL ?=
 EVAL_ARGS ?=
-EVAL_OPTS = $(if $(strip $(IMAGENET)),--data $(IMAGENET)) $(if $(strip $(IMAGENET_C)),--imagenet-c $(IMAGENET_C)) $(if $(strip $(REAL)),--real $(REAL))
+# AUTOATTACK=1: also AutoAttack (pyautoattack), the gradient-masking checks (transfer from the Std run when
+# present) and the paper-code attack convention; on the demo a 10-per-class subset keeps it to CPU minutes.
+AUTOATTACK ?=
+AA_SUBSET ?= $(if $(strip $(DATA)),robustbench-5k,per-class:10)
+STD_RUN := $(wildcard $(RUNS)/$(PREFIX)-std)
+AA_OPTS = $(if $(strip $(AUTOATTACK)),--suite autoattack --suite masking --suite paper_code --set eval.subset=$(AA_SUBSET) $(if $(STD_RUN),--set eval.transfer_from=$(STD_RUN)))
+EVAL_OPTS = $(AA_OPTS) $(if $(strip $(IMAGENET)),--data $(IMAGENET)) $(if $(strip $(IMAGENET_C)),--imagenet-c $(IMAGENET_C)) $(if $(strip $(REAL)),--real $(REAL))
 
 eval: install  ## evaluate every trained run (CKPTS): clean, PGD-40, ImageNet-C, ReaL, ImageNet-X; report in RUNS/report
 	@test -n "$(strip $(CKPTS))" || { echo "make eval: no runs found under $(RUNS)/ (train first, e.g. make train-std train-adv train-adv-plus, or set CKPTS)"; exit 2; }

@@ -89,11 +89,14 @@ def _resume_hint(out: Path) -> str:
 def _eval(args: argparse.Namespace) -> None:
     from fastadv.evaluate import evaluate
 
+    from fastadv.suites import OPTIONAL_SUITES
+
     if args.weights or args.arch:  # issue 15: a published model's weights, no training run
         return _eval_weights(args)
     if not args.runs:
         raise FastadvError("fastadv eval needs run folders / checkpoints, or --weights FILE --arch NAME")
     overrides = _overrides(args, data="data.path", imagenet_c="eval.imagenet_c", real="eval.real_labels")
+    overrides += [OPTIONAL_SUITES[name] for name in args.suite or []]
     if args.out and len(args.runs) > 1:
         raise FastadvError("--out names one folder; with several runs leave it out (each run writes <run>/eval)")
     from fastadv import runfolder
@@ -241,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip runs whose eval.json is newer than their checkpoint and was asked the same")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for this evaluation, e.g. --set eval.eps=4/255")
+    from fastadv.suites import OPTIONAL_SUITES
+
+    e.add_argument("--suite", action="append", choices=sorted(OPTIONAL_SUITES),
+                   help="also run an optional suite (repeatable): " + "; ".join(f"{n}: {o}" for n, o in OPTIONAL_SUITES.items()))
     e.set_defaults(func=_eval)
 
     inputs_help = ("eval dirs, run dirs (using <run>/eval), prediction CSVs (one per model, ImageNet-X format) "

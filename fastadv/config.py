@@ -14,6 +14,7 @@ from fractions import Fraction
 from typing import Any
 
 from fastadv.errors import FastadvError
+from fastadv.eval_options import RobustnessOptions
 from fastadv.recipe_files import read_recipe, recipe_descriptions, recipe_names  # noqa: F401 (re-exported)
 from fastadv.validation import (  # noqa: F401 (re-exported: callers import them from fastadv.config)
     ATTACK_MODEL_MODES, CFA_PRESETS, check_eps, parse_temperatures, resolved_cfa, validate,
@@ -159,7 +160,7 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RobustnessOptions):  # + subset, AutoAttack, masking checks, paper-code
     eps: float = 0.03
     steps: int = 40
     alpha: float = 0.0  # 0 = 2.5 * eps / steps

@@ -21,8 +21,10 @@ from fastadv.analysis.predictions import write_predictions
 from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
 from fastadv.config import apply_override, from_dict, validate
 from fastadv.data import build_dataset, build_loader
+from fastadv.data.eval_subset import select_subset
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
 from fastadv.errors import FastadvError
+from fastadv.eval_resume import ResumeFile, resume_file  # noqa: F401 (ResumeFile: a type hint)
 from fastadv.fileio import atomic_write_text
 from fastadv.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
@@ -60,6 +62,8 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
             f"the validation data has {dataset.num_classes} classes, the model {cfg.model.num_classes}: "
             f"check data.path ({cfg.data.path or cfg.data.backend})"
         )
+    dataset, subset = select_subset(dataset, cfg.eval.subset, cfg.eval.seed)  # a bad list fails before any attack
+    settings = settings_for(cfg)  # builds (and so validates) every attack before the first one runs
     batch_size = cfg.eval.batch_size or cfg.data.eval_batch_size
     info: dict[str, Any] = {
         "model": cfg.name, "checkpoint": str(ckpt_path), "arch": cfg.model.arch,
@@ -70,8 +74,9 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     }
     info["request"] = request_of(cfg)
     info["real_labels"] = cfg.eval.real_labels or None
+    info["subset"] = subset
     clean_rows: dict[str, Any] = {}
-    for setting in settings_for(cfg):
+    for setting in settings:
         rows = _run_setting(model, dataset, cfg.data, setting, cfg, device, amp, batch_size, out, info, progress)
         if setting.key == CLEAN:
             clean_rows = rows
@@ -87,7 +92,10 @@ def request_of(cfg) -> dict[str, Any]:
     e = cfg.eval
     return {"data_path": cfg.data.path, "imagenet_c": e.imagenet_c, "corruptions": e.corruptions,
             "severities": e.severities, "real_labels": e.real_labels, "eps": e.eps, "steps": e.steps,
-            "temperatures": e.temperatures}
+            "temperatures": e.temperatures, "subset": e.subset, "autoattack": e.autoattack,
+            "autoattack_eps": e.autoattack_eps, "autoattack_version": e.autoattack_version,
+            "autoattack_attacks": e.autoattack_attacks, "masking_checks": e.masking_checks,
+            "transfer_from": e.transfer_from, "attack_convention": e.attack_convention}
 
 
 def _run_setting(model, dataset, data_cfg, setting: Setting, cfg, device, amp, batch_size: int, out: Path,
@@ -98,15 +106,21 @@ def _run_setting(model, dataset, data_cfg, setting: Setting, cfg, device, amp, b
     shard = distributed.BatchShard(dataset, batch_size, cfg.eval.seed)
     loader = build_loader(data_cfg, "val", batch_size=batch_size, shuffle=False, dataset=shard.dataset, device=device)
     start = time.perf_counter()
-    rows = shard.gather(_predict(model, shard.batches(loader), setting, cfg, device, amp, progress))
+    partial = resume_file(out, setting, cfg, info["checkpoint"]) if setting.resumable else None
+    rows = shard.gather(_predict(model, zip(shard.batch_ids, shard.batches(loader)), setting, cfg, device, amp,
+                                 progress, len(shard.dataset), partial))
     seconds = time.perf_counter() - start
     names = [dataset.file_names[i] for i in rows["index"]]
     if distributed.is_main():
-        write_predictions(out / "predictions" / f"{setting.key}.csv", names, rows["pred"], rows["prob"], rows["true"])
+        extra = {n.partition(":")[2]: v for n, v in rows.items() if n.startswith("extra:")}
+        write_predictions(out / "predictions" / f"{setting.key}.csv", names, rows["pred"], rows["prob"], rows["true"],
+                          extra=extra)
     info["settings"][setting.key] = {**setting.info(), "images": len(names), "seconds": seconds,
                                      "images_per_sec": len(names) / max(seconds, 1e-9),
                                      "accuracy": sum(p == t for p, t in zip(rows["pred"], rows["true"])) / max(len(names), 1),
-                                     "skipped_images": rows["skipped"]}
+                                     "skipped_images": rows["skipped"], "resumed_batches": rows["resumed"]}
+    if partial is not None:
+        partial.finish()  # after the gather (every rank's rows are in) and rank 0's CSV
     return rows
 
 
@@ -148,24 +162,48 @@ def _imagenet_c(model, dataset, clean_rows: dict[str, Any], cfg, device, amp, ba
             "images": len(keep)}
 
 
-def _predict(model, loader, setting: Setting, cfg, device, amp, progress: bool) -> dict[str, Any]:
+def _predict(model, batches, setting: Setting, cfg, device, amp, progress: bool, images: int,
+             partial: "ResumeFile | None" = None) -> dict[str, Any]:
+    """Predict every (batch number, batch); an attack with `returns_extras` also gives per-image CSV columns.
+    With `partial`, batches done before a kill are read back instead of attacked again."""
     k = cfg.model.num_classes
-    index, pred, prob, true, skipped = [], [], [], [], 0
-    for batch in progress_bar(loader, desc=f"{cfg.name}: {setting.key}", unit="batch", disable=not progress):
-        skipped += batch.skipped
-        if batch.images.shape[0] == 0:
+    done = partial.load() if partial is not None else {}
+    rows: dict[str, Any] = {"index": [], "pred": [], "prob": [], "true": [], "skipped": 0, "extra": {}, "resumed": 0}
+    bar = progress_bar(total=images, desc=f"{cfg.name}: {setting.key}", unit="img", disable=not progress,
+                       every=max(1, images // 10))
+    for number, batch in batches:
+        rows["skipped"] += batch.skipped
+        if number in done:
+            part, rows["resumed"] = done[number], rows["resumed"] + 1
+        elif batch.images.shape[0] == 0:
             continue
-        x = to_device(batch.images, device, cfg.train.channels_last)
-        y = batch.labels.to(device)
-        with autocast(device, amp):
-            if setting.attack is not None:
-                x = setting.attack(model, x, y)
-            with torch.no_grad():
-                logits = model(x).float()
-        p = torch.softmax(logits[:, :k], dim=1)
-        pred.append(predict_k(logits, k).cpu())
-        prob.append(p.max(dim=1).values.cpu())
-        true.append(batch.labels.cpu())
-        index.append(batch.indices.cpu())
-    cat = (lambda xs: torch.cat(xs).tolist() if xs else [])
-    return {"index": cat(index), "pred": cat(pred), "prob": cat(prob), "true": cat(true), "skipped": skipped}
+        else:
+            part = _predict_batch(model, batch, setting, cfg, device, amp, k)
+            if partial is not None:
+                partial.add(number, part)
+        for name in ("index", "pred", "prob", "true"):
+            rows[name] += part[name]
+        for name, values in part["extra"].items():
+            rows["extra"].setdefault(name, []).extend(values)
+        bar.update(len(part["index"]))
+    bar.close()
+    extra = rows.pop("extra")
+    # gather merges list fields row by row: one list per extra column, re-assembled after
+    rows.update({f"extra:{name}": values for name, values in extra.items()})
+    return rows
+
+
+def _predict_batch(model, batch, setting: Setting, cfg, device, amp, k: int) -> dict[str, Any]:
+    x = to_device(batch.images, device, cfg.train.channels_last)
+    y = batch.labels.to(device)
+    extra: dict[str, list] = {}
+    with autocast(device, amp):
+        if setting.attack is not None:
+            x = setting.attack(model, x, y)
+            if getattr(setting.attack, "returns_extras", False):
+                x, extra = x
+        with torch.no_grad():
+            logits = model(x).float()
+    p = torch.softmax(logits[:, :k], dim=1)
+    return {"index": batch.indices.tolist(), "pred": predict_k(logits, k).cpu().tolist(),
+            "prob": p.max(dim=1).values.cpu().tolist(), "true": batch.labels.tolist(), "extra": extra}

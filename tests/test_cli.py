@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from fastadv.cli import main
+from fastadv.suites import OPTIONAL_SUITES
 
 TINY = ["data.image_size=16", "data.limit_train=64", "data.limit_val=30", "data.batch_size=32",
         "attack.steps=2", "eval.steps=3", "optim.epochs=1", "train.progress=false"]
@@ -118,7 +119,7 @@ def test_train_eval_report_end_to_end(tmp_path):
     assert "data:image/png;base64," in (report / "report.html").read_text()
     metrics = json.loads((report / "metrics.json").read_text())
     assert [m["model"] for m in metrics["models"]] == ["demo-std", "demo-adv", "demo-adv-plus"]
-    assert metrics["headline"]["demo-std"]["skipped"].keys() == {"real", "imagenet_c", "imagenet_x"}
+    assert metrics["headline"]["demo-std"]["skipped"].keys() == {"real", "imagenet_c", "imagenet_x", *OPTIONAL_SUITES}
     assert metrics["headline"]["demo-adv-plus"]["pgd_kplusm_error"] is not None
 
 

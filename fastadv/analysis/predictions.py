@@ -2,7 +2,9 @@
 
 Columns: ``file_name,predicted_class,predicted_probability,true_class``. The first three
 are exactly what the `imagenet-x` package reads; ``true_class`` is optional when reading
-so plain ImageNet-X files load too.
+so plain ImageNet-X files load too. A setting may add per-image columns after these (AutoAttack:
+``robust`` 0/1 and ``broken_by``, the attack that broke the image); they are kept as text in
+`Predictions.extra`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Predictions:
     probability: np.ndarray  # float64 [N]
     true: np.ndarray | None  # int64 [N], None when the CSV has no true_class column
     path: str
+    extra: dict[str, list[str]] | None = None  # further columns, by name, as text
 
     def __len__(self) -> int:
         return len(self.file_names)
@@ -42,25 +45,29 @@ def write_predictions(
     predicted_class: Sequence[int] | np.ndarray,
     predicted_probability: Sequence[float] | np.ndarray,
     true_class: Sequence[int] | np.ndarray | None = None,
+    extra: dict[str, Sequence] | None = None,
 ) -> None:
-    """Write one prediction CSV atomically (parent folders are created)."""
+    """Write one prediction CSV atomically (parent folders are created); `extra` columns go last."""
     pred = np.asarray(predicted_class, dtype=np.int64).reshape(-1)
     prob = np.asarray(predicted_probability, dtype=np.float64).reshape(-1)
     columns = [list(file_names), pred, prob]
     if true_class is not None:
         columns.append(np.asarray(true_class, dtype=np.int64).reshape(-1))
-    lengths = {len(c) for c in columns}
+    extra = dict(extra or {})
+    if extra and true_class is None:
+        raise ValueError("write_predictions: extra columns need the true_class column before them")
+    lengths = {len(c) for c in columns} | {len(v) for v in extra.values()}
     if len(lengths) != 1:
         raise ValueError(f"write_predictions: columns differ in length: {[len(c) for c in columns]}")
 
     def write(f: IO) -> None:
         out = csv.writer(f, lineterminator="\n")
-        out.writerow(COLUMNS[: len(columns)])
+        out.writerow([*COLUMNS[: len(columns)], *extra])
         for i, name in enumerate(columns[0]):
             row = [name, int(pred[i]), repr(float(prob[i]))]  # repr: round-trips exactly
             if true_class is not None:
                 row.append(int(columns[3][i]))
-            out.writerow(row)
+            out.writerow(row + [v[i] for v in extra.values()])
 
     atomic_write(path, write)
 
@@ -150,4 +157,5 @@ def read_predictions(
         probability = np.array([float(r["predicted_probability"]) for r in rows], dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise FastadvError(f"{path}: column predicted_probability holds a non-number ({e}).") from e
-    return Predictions(names, predicted, probability, true, path)
+    extra = {c: [r[c] or "" for r in rows] for c in header if c not in COLUMNS}
+    return Predictions(names, predicted, probability, true, path, extra or None)

@@ -17,6 +17,7 @@ from typing import Any
 from fastadv.errors import FastadvError
 from fastadv.analysis.figures import classwise_figure, imagenet_c_figure, imagenet_x_figure
 from fastadv.analysis.metrics import CORRUPTIONS, relative_change
+from fastadv.analysis.report_robustness import add_sections, headline_fields, headline_lines
 from fastadv.analysis.report_render import Bullets, Doc, Figure, Heading, Para, Table, to_html, to_markdown
 from fastadv.analysis.scoring import Sources, find_inputs, headline, model_metrics
 from fastadv.fileio import atomic_write
@@ -198,6 +199,7 @@ def _document(models: list[dict[str, Any]], figures: dict[str, str | None]) -> D
              "population standard deviation across classes (ddof = 0). Models are named by their config's `name` "
              "(give runs compared side by side distinct names: `fastadv train ... name=NAME` or "
              "`fastadv eval RUN --set name=NAME`). Images that could not be decoded were skipped and are counted."),
+        *[Para(line) for line in headline_lines(models)],
         Bullets([f"`{m['source']}` ({m['model']}, {m['arch'] or 'arch ?'}, K={m['num_classes']}, M={m['num_aux']}; "
                  f"{_skipped_images(m)})" for m in models]),
         Heading(2, "Suites"), Table(["model", "suite", "status", "details / reason"], _suite_rows(models), 99),
@@ -235,6 +237,7 @@ def _document(models: list[dict[str, Any]], figures: dict[str, str | None]) -> D
         "Class-wise mean and SD over classes (ddof = 0). ReaL groups the images with a non-empty ReaL list by "
         f"their original class. {k_head}".rstrip()]))
     _classwise_detail(doc, models)
+    add_sections(doc, models)
     _imagenet_c_section(doc, models, figures.get(IMAGENET_C))
     _imagenet_x_section(doc, models, figures.get(IMAGENET_X))
     _temperature_section(doc, models)
@@ -370,7 +373,7 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources
                IMAGENET_X: imagenet_x_figure(models, out_dir)}
     metrics = {
         "units": "errors are fractions in [0, 1]; SD is the population SD across classes (ddof = 0)",
-        "headline": {m["model"]: _finite(headline(m)) for m in models},
+        "headline": {m["model"]: _finite(headline(m) | headline_fields(m)) for m in models},
         "figures": figures,
         "models": models,
     }

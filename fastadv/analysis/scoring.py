@@ -8,6 +8,8 @@ for clean / ReaL / ImageNet-C / ImageNet-X / PGD whether it was done or why it w
 
 from __future__ import annotations
 
+from collections import Counter
+
 import csv
 import json
 import math
@@ -22,7 +24,7 @@ from fastadv.analysis.imagenet_meta import NUM_CLASSES, SuiteSkipped, imagenet_v
 from fastadv.analysis.metrics import corruption_errors, setting_metrics
 from fastadv.analysis.predictions import Predictions, read_predictions
 from fastadv.errors import FastadvError
-from fastadv.suites import (ATTACK, CLEAN, IMAGENET_C, IMAGENET_C_SETTING_SUITE, IMAGENET_C_SKIPPED, IMAGENET_X, REAL,
+from fastadv.suites import (ATTACK, CLEAN, MODEL_RUN_KINDS, IMAGENET_C, IMAGENET_C_SETTING_SUITE, IMAGENET_C_SKIPPED, IMAGENET_X, REAL,
                             attack_keys, clean_setting, headline_field, setting_specs, suite_of, suite_specs)
 
 FOREIGN = "predictions from another tool: one CSV per model holds clean predictions only"
@@ -137,16 +139,19 @@ def _eval_dir_model(eval_dir: Path, sources: Sources) -> dict[str, Any]:
                                "re-run the evaluation.")
         loaded[key] = preds
         settings[key] = {"suite": suite_of(key), **(setting_info or {}), **setting_metrics(preds, k)}
+        if preds.extra and "broken_by" in preds.extra:  # AutoAttack: how many images each attack broke
+            settings[key]["broken_by"] = dict(Counter(b or "robust" for b in preds.extra["broken_by"]))
     model = {
         "model": str(info["model"]), "arch": info.get("arch"), "num_classes": k, "num_aux": num_aux,
         "label_augmented": bool(info.get("label_augmented", num_aux > 0)), "class_names": names,
         "source": str(eval_dir), "eval_dir": str(eval_dir), "settings": settings, "suites": {},
+        "subset": info.get("subset"),
     }
     clean = loaded.get(CLEAN)
     real_path = sources.real_labels or info.get("real_labels")
     _rescored_suites(model, clean, real_path, sources)
     model["suites"][IMAGENET_C] = _imagenet_c_suite(settings, (info.get("suites") or {}).get(IMAGENET_C))
-    for suite in suite_specs(ATTACK):
+    for suite in [s for kind in MODEL_RUN_KINDS for s in suite_specs(kind)]:
         done = [key for key in settings if settings[key].get("suite") == suite.name]
         model["suites"][suite.name] = ({"status": "done", "settings": done} if done else
                                        {"status": "skipped", "reason": f"no {suite.label} setting in eval.json"})
@@ -275,7 +280,7 @@ def _csv_model(path: Path, sources: Sources) -> dict[str, Any]:
              "class_names": class_names, "source": str(path), "eval_dir": None, "settings": settings, "suites": {}}
     _rescored_suites(model, preds, sources.real_labels, sources)
     model["suites"][IMAGENET_C] = {"status": "skipped", "reason": FOREIGN}
-    for suite in suite_specs(ATTACK):
+    for suite in [s for kind in MODEL_RUN_KINDS for s in suite_specs(kind)]:
         model["suites"][suite.name] = {"status": "skipped", "reason": FOREIGN}
     return model
 

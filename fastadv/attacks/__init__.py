@@ -29,6 +29,7 @@ _LAZY = {
     "PGD": "linf", "FGSM": "linf", "BoundAttack": "linf", "bound": "linf", "attack_loss": "linf",
     "attack_mode": "linf", "attack_view": "linf", "check_attack_args": "linf", "fgsm": "linf",
     "linf_attack": "linf", "pgd_linf": "linf", "training_attack": "linf", "trades_kl_attack": "linf",
+    "AutoAttackRun": "auto_attack", "PaperCodePGD": "paper_convention", "TransferPGD": "transfer",
 }
 
 __all__ = ["HEADS", *_LAZY]

@@ -1,0 +1,57 @@
+"""Validation of the robustness-evaluation options of [eval] (AutoAttack, masking checks, paper-code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastadv.errors import FastadvError
+
+ATTACK_CONVENTIONS = ("standard", "paper-code")
+
+
+@dataclass
+class RobustnessOptions:
+    """The [eval] fields of the robustness evaluation (config.EvalConfig inherits them)."""
+
+    subset: str = ""  # "" = all | robustbench-5k | per-class:N (seeded) | a file of ids (fastadv.data.eval_subset)
+    autoattack: bool = False  # `eval --suite autoattack`: pyautoattack at autoattack_eps (and at eps, if at_eval_eps)
+    autoattack_eps: float = 4 / 255  # RobustBench's ImageNet l_inf eps
+    autoattack_at_eval_eps: bool = True
+    autoattack_version: str = "standard"  # standard | plus | rand | custom (autoattack_attacks, in order)
+    autoattack_attacks: str = ""  # e.g. "apgd-ce,square"; with a package version: run only these of it
+    square_queries: int = 0  # 0 = the version's Square budget (5000)
+    masking_checks: bool = False  # `eval --suite masking` (fastadv.analysis.masking)
+    masking_eps: str = "0.25,0.5,1,2,4,16"  # multiples of eps (capped at 1); the largest must reach ~0%
+    masking_tolerance: float = 0.01  # robust-accuracy slack of the checks
+    masking_zero: float = 0.02  # "~0%": robust accuracy at the largest eps at most this
+    transfer_from: str = ""  # the Std run the transfer attack is crafted on ("" = check skipped)
+    attack_convention: str = "standard"  # | paper-code: also PGD as the paper's code runs it (REFERENCE.md §9)
+    paper_eps: float = 0.03  # paper-code eps and step, in normalized-input units
+    paper_step: float = 0.01
+
+
+def parse_eps_multiples(text: str) -> list[float]:
+    """eval.masking_eps: comma-separated positive multiples of eval.eps, sorted."""
+    try:
+        values = sorted(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = []
+    if not values or values[0] <= 0:
+        raise FastadvError(f"eval.masking_eps={text!r}: give comma-separated positive multiples of eval.eps, e.g. 0.5,1,16")
+    return values
+
+
+def validate_robustness_options(e) -> None:
+    from fastadv.config import check_eps
+
+    check_eps("eval.autoattack_eps", e.autoattack_eps)  # 4 instead of 4/255 -> "Did you mean 4/255"
+    if e.attack_convention not in ATTACK_CONVENTIONS:
+        raise FastadvError(f"eval.attack_convention={e.attack_convention!r} is not one of: {', '.join(ATTACK_CONVENTIONS)}")
+    if e.square_queries < 0 or not 0 <= e.masking_tolerance < 1 or not 0 <= e.masking_zero < 1:
+        raise FastadvError("eval.square_queries must be >= 0, eval.masking_tolerance and eval.masking_zero in [0, 1)")
+    parse_eps_multiples(e.masking_eps)
+    if e.autoattack:
+        from fastadv.attacks.auto_attack import check_autoattack_args  # unknown names fail before any attack
+
+        check_autoattack_args(e.autoattack_eps, e.autoattack_version,
+                              tuple(a.strip() for a in e.autoattack_attacks.split(",") if a.strip()))
