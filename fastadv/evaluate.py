@@ -87,7 +87,9 @@ def request_of(cfg) -> dict[str, Any]:
     e = cfg.eval
     return {"data_path": cfg.data.path, "imagenet_c": e.imagenet_c, "corruptions": e.corruptions,
             "severities": e.severities, "real_labels": e.real_labels, "eps": e.eps, "steps": e.steps,
-            "temperatures": e.temperatures}
+            "temperatures": e.temperatures,
+            # only when on: requests recorded before the option existed stay equal to the default's
+            **({"early_stop": True, "early_stop_compact": e.early_stop_compact} if e.early_stop else {})}
 
 
 def _run_setting(model, dataset, data_cfg, setting: Setting, cfg, device, amp, batch_size: int, out: Path,
