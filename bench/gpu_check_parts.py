@@ -161,8 +161,10 @@ def build_adv_plus(device: torch.device, arch: str, size: int, steps: int):
 
     cfg = load_config("imagenet-adv-plus", ["model.pretrained=false", f"model.arch={arch}", f"data.image_size={size}",
                                             f"attack.steps={steps}", f"eval.steps={max(steps, 1) * 4}"])
+    from fastadv.runtime import maybe_compile
+
     model = build_model(cfg.model).to(device).to(memory_format=torch.channels_last)
-    compiled = torch.compile(model) if device.type == "cuda" else model
+    compiled = maybe_compile(model, "auto", "default", device)  # the whole-step path on CUDA (model-only on torch < trace_autograd_ops)
     method = build_method(cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -175,6 +177,7 @@ def train_and_eval_checks(device: torch.device, arch: str, size: int, batches: l
     from fastadv.runtime import autocast
     from fastadv.suites import eval_step_size
     from fastadv.train import train_step
+    from fastadv.train.step import FiniteGuard
 
     rows: list[dict] = []
     cfg, model, compiled, method, optimizer, scaler, amp = build_adv_plus(device, arch, size, steps)
@@ -185,12 +188,17 @@ def train_and_eval_checks(device: torch.device, arch: str, size: int, batches: l
         y = torch.randint(0, cfg.model.num_classes, (batch,), device=device)
 
         def step():
-            train_step(method, compiled, optimizer, scaler, x, y, device, amp)  # warm-up / compile outside the check
+            guard = FiniteGuard()  # the Trainer's NaN check: on the device, read after the step
+            train_step(method, compiled, optimizer, scaler, x, y, device, amp, guard=guard)  # warm-up / compile
             with sync_debug_error(device):
-                loss, _ = train_step(method, compiled, optimizer, scaler, x, y, device, amp)
+                loss, _ = train_step(method, compiled, optimizer, scaler, x, y, device, amp, guard=guard)
+            guard.check()
             if not torch.isfinite(loss):
                 raise AssertionError(f"non-finite loss {loss.item()}")
-            return {"loss": float(loss.detach()), "sync_debug": "error" if device.type == "cuda" else "not available on CPU"}
+            from fastadv.compiled import compile_mode_of
+
+            return {"loss": float(loss.detach()), "compile_mode": compile_mode_of(compiled),
+                    "sync_debug": "error" if device.type == "cuda" else "not available on CPU"}
 
         def evaluate():
             model.eval()

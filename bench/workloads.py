@@ -4,8 +4,11 @@
              left requiring grad), dense soft-target CE, `loss.backward()`.
 - eager-amp-cl: fastadv's own code with AMP (bf16 on CUDA) and channels_last, but eager and
              with the plain-torch kernels (FASTADV_TRITON=off).
-- fastadv:   the fast path: the same code compiled (torch.compile), channels_last, AMP, fused
-             Triton kernels on CUDA.
+- fastadv:   the fast path as `fastadv train` / `fastadv eval` run it by default: on CUDA the
+             whole step compiled (fastadv.compiled: the PGD loop and the training forward + loss
+             as graphs; model-only where this PyTorch cannot trace autograd.grad), fused Triton
+             kernels; on the CPU eager (compiling measured slower there), channels_last, bf16
+             autocast where the CPU has native bf16; the Trainer's sync-free NaN guard.
 The fastadv variants call the exact functions the Trainer and the evaluator call
 (`PGD.__call__`, `fastadv.train.train_step`), so the benchmark times the shipped code.
 """
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fastadv.attacks import PGD
+from fastadv.compiled import CompiledModel
 from fastadv.config import ModelConfig
 from fastadv.hardware import detect_cpu
 from fastadv.kernels import label_augmented_target, reload_triton_mode, triton_available
@@ -30,6 +34,7 @@ from fastadv.methods.standard import StandardTraining
 from fastadv.models import build_model
 from fastadv.runtime import autocast
 from fastadv.train import train_step
+from fastadv.train.step import FiniteGuard
 
 EPS = 0.03
 TRAIN_STEPS = 10
@@ -46,7 +51,7 @@ class Variant:
     fused_kernels: bool
 
 
-def variants(device: torch.device, compile_on_cpu: bool = True, cpu_bf16: bool | None = None) -> list[Variant]:
+def variants(device: torch.device, compile_on_cpu: bool = False, cpu_bf16: bool | None = None) -> list[Variant]:
     """The three variants. AMP is bf16 on CUDA, and on a CPU with native bf16 units
     (AVX512-BF16 / AMX, `fastadv.hardware.detect_cpu`; `cpu_bf16` overrides the detection);
     fp32 on other CPUs, where bf16 is emulated and slower."""
@@ -66,11 +71,14 @@ def variants(device: torch.device, compile_on_cpu: bool = True, cpu_bf16: bool |
 
 def describe_path(variant: Variant, device: torch.device) -> dict[str, object]:
     """Which path a variant takes on `device`: precision, layout, compile, kernel implementation."""
+    from fastadv.compiled import MODEL_ONLY, OFF, WHOLE_STEP, whole_step_supported
+
     triton = variant.fused_kernels and device.type == "cuda" and triton_available()
     return {
         "dtype": f"{str(variant.amp).replace('torch.', '')} autocast" if variant.amp else "float32",
         "channels_last": variant.channels_last,
         "compiled": variant.compile,
+        "compile_mode": (WHOLE_STEP if whole_step_supported() else MODEL_ONLY) if variant.compile else OFF,
         "kernels": "triton" if triton else "reference",
     }
 
@@ -141,7 +149,7 @@ def make_setup(variant: Variant, arch: str, num_classes: int, num_aux: int, batc
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    run_model = torch.compile(model) if variant.compile else model
+    run_model = CompiledModel(model) if variant.compile else model  # whole-step where supported
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-5)
     return Setup(model, run_model, x, y, optimizer)
 
@@ -165,6 +173,7 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
             "free_plus_train_step": lambda: research_free_replay(s, soft, free_noise),
         }[name]
     scaler = torch.amp.GradScaler(device.type, enabled=False)
+    guard = FiniteGuard()  # the Trainer's NaN check: on the device, no sync per step
     adv_plus = AdversarialTraining(train_attack, num_classes, delta=DELTA if num_aux else 0.0)
     std = StandardTraining(num_classes)
     fgsm_rs_plus = AdversarialTraining(PGD(eps=EPS, steps=1, alpha_ratio=1.25, num_classes=num_classes, head="all"),
@@ -191,14 +200,16 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
     return {
         "pgd10_attack": attack,
         "clean_eval": clean,
-        "adv_plus_train_step": lambda: train_step(adv_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device, variant.amp),
+        "adv_plus_train_step": lambda: train_step(adv_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device,
+                                                  variant.amp, guard=guard),
         "pgd40_eval": evaluate,
-        "std_train_step": lambda: train_step(std, s.run_model, s.optimizer, scaler, s.x, s.y, device, variant.amp),
+        "std_train_step": lambda: train_step(std, s.run_model, s.optimizer, scaler, s.x, s.y, device, variant.amp,
+                                             guard=guard),
         "fgsm_rs_plus_train_step": lambda: train_step(fgsm_rs_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device,
-                                                      variant.amp),
+                                                      variant.amp, guard=guard),
         # one replay = one optimizer step; Free AT runs epochs / m, so its schedule's img/s is this rate
         "free_plus_train_step": lambda: train_step(free_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device,
-                                                   variant.amp),
+                                                   variant.amp, guard=guard),
     }[name]
 
 

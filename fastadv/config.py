@@ -165,6 +165,11 @@ class EvalConfig(RobustnessOptions):  # + subset, AutoAttack, masking checks, pa
     steps: int = 40
     alpha: float = 0.0  # 0 = 2.5 * eps / steps
     random_start: bool = True
+    # PGD settings: a sample stops being attacked once an iterate fools the K head (counted broken);
+    # false = the last iterate (the convention). early_stop_compact also drops such samples from the
+    # batch when fewer than half remain (one host sync per step: saves the forward passes).
+    early_stop: bool = False
+    early_stop_compact: bool = False
     batch_size: int = 0  # 0 = data.eval_batch_size
     seed: int = 0  # PGD random start and generated ImageNet-C noise
     # ImageNet-C: "" = not evaluated (reported as skipped) | a released folder

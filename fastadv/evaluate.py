@@ -95,7 +95,9 @@ def request_of(cfg) -> dict[str, Any]:
             "temperatures": e.temperatures, "subset": e.subset, "autoattack": e.autoattack,
             "autoattack_eps": e.autoattack_eps, "autoattack_version": e.autoattack_version,
             "autoattack_attacks": e.autoattack_attacks, "masking_checks": e.masking_checks,
-            "transfer_from": e.transfer_from, "attack_convention": e.attack_convention}
+            "transfer_from": e.transfer_from, "attack_convention": e.attack_convention,
+            # only when on: requests recorded before the option existed stay equal to the default's
+            **({"early_stop": True, "early_stop_compact": e.early_stop_compact} if e.early_stop else {})}
 
 
 def _run_setting(model, dataset, data_cfg, setting: Setting, cfg, device, amp, batch_size: int, out: Path,

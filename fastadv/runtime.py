@@ -19,7 +19,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """auto = bf16 on CUDA, full precision on the CPU."""
+    """auto = bf16 on CUDA, full precision on the CPU (bf16 on a native-bf16 CPU is train.amp=bf16:
+    not the default until its demo accuracy is measured against fp32)."""
     if mode == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
@@ -34,9 +35,21 @@ def compile_enabled(setting: str, device: torch.device) -> bool:
     return setting == "true" or (setting == "auto" and device.type == "cuda")
 
 
-def maybe_compile(model: torch.nn.Module, setting: str, mode: str, device: torch.device) -> torch.nn.Module:
-    """The compiled wrapper (sharing parameters with `model`) or `model` itself."""
-    return torch.compile(model, mode=mode) if compile_enabled(setting, device) else model
+def maybe_compile(model: torch.nn.Module, setting: str, mode: str, device: torch.device,
+                  whole_step: bool = True) -> torch.nn.Module:
+    """The compiled wrapper (sharing parameters with `model`) or `model` itself.
+
+    whole_step: a `fastadv.compiled.CompiledModel`, whose attacks and training forward + loss
+    run as compiled graphs where this PyTorch can trace autograd.grad (else model-only);
+    False: torch.compile(model) alone (the DDP wrapper).
+    """
+    if not compile_enabled(setting, device):
+        return model
+    if not whole_step:
+        return torch.compile(model, mode=mode)
+    from fastadv.compiled import CompiledModel
+
+    return CompiledModel(model, mode)
 
 
 def prepare_model(model: RobustClassifier, device: torch.device, channels_last: bool) -> RobustClassifier:

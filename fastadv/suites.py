@@ -205,9 +205,11 @@ def _pgd_setting(cfg, key: str, title: str, suite: str, head: str, temperature: 
     alpha = eval_step_size(e)
     attack = PGDAttack(eps=e.eps, steps=e.steps, alpha=alpha, random_start=e.random_start,
                        num_classes=cfg.model.num_classes, head=head,
-                       temperature=1.0 if temperature is None else temperature)
+                       temperature=1.0 if temperature is None else temperature,
+                       early_stop=e.early_stop, compact=e.early_stop and e.early_stop_compact)
     fields = {"eps": attack.eps, "eps_255": attack.eps * 255, "steps": attack.steps, "alpha": alpha,
-              "random_start": attack.random_start, "head": attack.head}
+              "random_start": attack.random_start, "head": attack.head, "early_stop": attack.early_stop,
+              "early_stop_compact": attack.compact}
     if temperature is not None:
         fields["temperature"] = attack.temperature
     return Setting(key, title, suite, attack, fields)
@@ -240,7 +242,9 @@ def _pgd_title(key: str | None) -> str:
 def _pgd_params(info: Mapping[str, Any]) -> str | None:
     if "eps" not in info:
         return None
-    return f"eps={info['eps']:.4g} ({info['eps'] * 255:.3g}/255), steps={info.get('steps')}, alpha={info.get('alpha'):.4g}"
+    mode = "early stop (broken at any iterate)" if info.get("early_stop") else "last iterate"
+    return (f"eps={info['eps']:.4g} ({info['eps'] * 255:.3g}/255), steps={info.get('steps')}, "
+            f"alpha={info.get('alpha'):.4g}, {mode}")
 
 
 # ---------------------------------------------------------------- ImageNet-C

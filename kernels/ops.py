@@ -47,9 +47,13 @@ def scalar_arg(value, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return torch.tensor(value, dtype=dtype)
 
 
-def _unwrap(value: torch.Tensor | None):
-    """A 0-d CPU tensor becomes its Python number; anything else is returned as it is."""
-    if value is not None and value.dim() == 0 and value.device.type == "cpu":
+def _unwrap(value: torch.Tensor | None, read: bool = True):
+    """A 0-d CPU tensor becomes its Python number (when `read`); anything else is returned as it is.
+
+    read = False (the reference on CPU tensors) keeps the 0-d tensor: the reference computes with
+    it exactly as with the float (cast to the data's dtype), and no tensor is read on the host.
+    """
+    if read and value is not None and value.dim() == 0 and value.device.type == "cpu":
         return value.item()
     return value
 
@@ -69,7 +73,8 @@ def _in_layout_of(result: torch.Tensor, template: torch.Tensor, dtype: torch.dty
 def pgd_update_op(
     x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor, eps: torch.Tensor, use_triton: bool
 ) -> torch.Tensor:
-    alpha_v, eps_v = _unwrap(alpha), _unwrap(eps)
+    read = use_triton or x_adv.device.type != "cpu"
+    alpha_v, eps_v = _unwrap(alpha, read), _unwrap(eps, read)
     if use_triton:
         from fastadv.kernels import pgd_step
 
@@ -99,7 +104,8 @@ def la_ce_forward(
     reduction: str,
     use_triton: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    ops, delta_v = _unwrap(op_index), _unwrap(delta)
+    read = use_triton or logits.device.type != "cpu"
+    ops, delta_v = _unwrap(op_index, read), _unwrap(delta, read)
     if use_triton:
         from fastadv.kernels import la_xent
 
@@ -133,7 +139,8 @@ def la_ce_backward(
     reduction: str,
     use_triton: bool,
 ) -> torch.Tensor:
-    ops, delta_v = _unwrap(op_index), _unwrap(delta)
+    read = use_triton or logits.device.type != "cpu"
+    ops, delta_v = _unwrap(op_index, read), _unwrap(delta, read)
     if use_triton:
         from fastadv.kernels import la_xent
 

@@ -47,8 +47,8 @@ def test_bench_writes_json(tmp_path):
     for r in result["results"]:
         assert r["images_per_sec"] > 0 and r["peak_memory_mib"] > 0 and r["x_research"] > 0
     assert {k["kernel"] for k in result["kernels"]} == {"pgd_update", "label_augmented_ce (fwd+bwd)"}
-    assert result["targets"][0]["target"].startswith("CPU: PGD-10 attack")
+    assert result["targets"][0]["target"].startswith("CPU: pgd10_attack")
     assert set(result["cpu"]) >= {"isa", "has_native_bf16", "flags"}
     for name, variant in result["variants"].items():
-        assert set(variant["path"]) == {"dtype", "channels_last", "compiled", "kernels"}, name
+        assert set(variant["path"]) == {"dtype", "channels_last", "compiled", "compile_mode", "kernels"}, name
         assert variant["path"]["kernels"] == "reference"  # no CUDA here: the Triton kernels are not used

@@ -109,7 +109,8 @@ def test_suites_settings_keys_titles_and_parsing():
     assert [s.title for s in settings[:3]] == ["clean", "PGD-7 (K-class head, adaptive)",
                                                "PGD-7 (all K+M logits, as in the paper)"]
     info = settings[1].info()
-    assert list(info) == ["title", "suite", "eps", "eps_255", "steps", "alpha", "random_start", "head"]
+    assert list(info) == ["title", "suite", "eps", "eps_255", "steps", "alpha", "random_start", "head", "early_stop",
+                          "early_stop_compact"]
     assert info["alpha"] == pytest.approx(2.5 * cfg.eval.eps / 7) and info["head"] == "k"
     assert settings[2].attack.head == "all" and settings[3].info()["temperature"] == 0.5
     assert [suites.suite_of(s.key) for s in settings] == ["clean", "pgd", "pgd", "tpgd", "tpgd"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastadv import kernels
+from fastadv import compiled, kernels
 from fastadv.attacks import HEADS
 from fastadv.config import ATTACK_MODEL_MODES, AttackConfig, check_eps
 from fastadv.errors import FastadvError
@@ -53,17 +53,27 @@ def attack_view(model: nn.Module) -> nn.Module:
 
 
 def check_attack_args(eps: Eps, alpha: Eps, steps: int) -> None:
-    """Clear errors for the usual mistakes (eps = 8 instead of 8/255, steps = 0, alpha <= 0)."""
+    """Clear errors for the usual mistakes (eps = 8 instead of 8/255, steps = 0, alpha <= 0).
+
+    Per-sample eps / alpha tensors are checked for shape only: reading their values would be a
+    device-to-host sync on every attack. They come from fastadv's own code (CFA's calibrated_eps
+    clamps to [0, 1]); `check_eps_values` checks values where a caller can afford the sync.
+    """
     if isinstance(eps, torch.Tensor):
-        if eps.numel() and (eps.max() > 1 or eps.min() < 0):
-            raise FastadvError(f"per-sample eps must lie in [0, 1] (pixel units); got range [{eps.min():g}, {eps.max():g}]")
+        if eps.dim() > 1:
+            raise FastadvError(f"per-sample eps must be a scalar or one value per sample [B]; got shape {tuple(eps.shape)}")
     else:
         check_eps("eps", float(eps))
     if steps < 1:
         raise FastadvError(f"steps={steps} must be >= 1")
-    bad_alpha = (alpha < 0).any() if isinstance(alpha, torch.Tensor) else alpha <= 0  # per-sample eps may be 0
-    if bad_alpha:
+    if not isinstance(alpha, torch.Tensor) and alpha <= 0:
         raise FastadvError("alpha (the PGD step size) must be > 0")
+
+
+def check_eps_values(eps: torch.Tensor) -> None:
+    """The value check of a per-sample eps (syncs: call it once, outside the hot loop)."""
+    if eps.numel() and (eps.max() > 1 or eps.min() < 0):
+        raise FastadvError(f"per-sample eps must lie in [0, 1] (pixel units); got range [{eps.min():g}, {eps.max():g}]")
 
 
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, num_classes: int, head: str, temperature: float = 1.0) -> torch.Tensor:
@@ -92,14 +102,55 @@ def linf_attack(model: nn.Module, x: torch.Tensor, start: torch.Tensor, loss_fn:
 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, alpha: Eps, steps: int,
              num_classes: int, random_start: bool = True, head: str = "all", temperature: float = 1.0,
-             model_mode: str = "eval") -> torch.Tensor:
-    """PGD l_inf (torchattacks convention): random start, mean CE, last iterate, [0,1] box."""
+             model_mode: str = "eval", early_stop: bool = False, compact: bool = False) -> torch.Tensor:
+    """PGD l_inf (torchattacks convention): random start, mean CE, last iterate, [0,1] box.
+
+    early_stop / compact: see `fastadv.attacks.early_stop` (evaluation only). A whole-step
+    compiled model (fastadv.compiled) runs the loop as one compiled graph.
+    """
     x = x.detach()
     model = attack_view(model)
     with attack_mode(model, model_mode):
+        if early_stop:
+            from fastadv.attacks.early_stop import early_stop_pgd
+
+            start = kernels.random_start(x, eps) if random_start else x.clone()
+            return early_stop_pgd(model, x, y, start, alpha=alpha, eps=eps, steps=steps, num_classes=num_classes,
+                                  head=head, temperature=temperature, compact=compact)
+        if compiled.whole_step(model):
+            return compiled.call(pgd_ce_attack, model, x, y, compiled.per_sample(alpha, x),
+                                 compiled.per_sample(eps, x), steps, num_classes, head, float(temperature),
+                                 bool(random_start))
         start = kernels.random_start(x, eps) if random_start else x.clone()
         return linf_attack(model, x, start, lambda logits: attack_loss(logits, y, num_classes, head, temperature),
                            alpha=alpha, eps=eps, steps=steps)
+
+
+def pgd_ce_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, eps: torch.Tensor,
+                  steps: int, num_classes: int, head: str, temperature: float, random_start: bool) -> torch.Tensor:
+    """The whole PGD attack (random start, `steps` forward + input gradient + fused update) with
+    explicit arguments only: what `fastadv.compiled.call` compiles into one graph. alpha, eps: [B]."""
+    start = kernels.random_start(x, eps) if random_start else x.clone()
+    x_adv = start
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        loss = attack_loss(model(x_adv), y, num_classes, head, temperature)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = kernels.pgd_update(x_adv.detach(), x, grad, alpha, eps)
+    return x_adv.detach()
+
+
+def kl_attack_loop(model: nn.Module, x: torch.Tensor, start: torch.Tensor, p_clean: torch.Tensor,
+                   alpha: torch.Tensor, eps: torch.Tensor, steps: int, width: int | None) -> torch.Tensor:
+    """TRADES' KL attack loop with explicit arguments (compiled whole by `fastadv.compiled.call`)."""
+    x_adv = start
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        log_p_adv = torch.log_softmax(model(x_adv)[:, :width].float(), dim=1)
+        loss = torch.nn.functional.kl_div(log_p_adv, p_clean, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = kernels.pgd_update(x_adv.detach(), x, grad, alpha, eps)
+    return x_adv.detach()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +173,8 @@ class PGD:
     head: str = "all"
     temperature: float = 1.0
     model_mode: str = "eval"
+    early_stop: bool = False  # evaluation: stop attacking samples once fooled (fastadv.attacks.early_stop)
+    compact: bool = False  # with early_stop: drop them from the batch (one host sync per step)
 
     def __post_init__(self) -> None:
         check_eps("eps", float(self.eps))
@@ -151,7 +204,8 @@ class PGD:
             check_attack_args(eps_used, step, self.steps)
         return pgd_linf(model, x, y, eps=eps_used, alpha=step, steps=self.steps,
                         random_start=self.random_start, num_classes=self.num_classes, head=self.head,
-                        temperature=self.temperature, model_mode=self.model_mode)
+                        temperature=self.temperature, model_mode=self.model_mode,
+                        early_stop=self.early_stop, compact=self.compact)
 
 
 def FGSM(*, eps: float, num_classes: int, random_start: bool = False, head: str = "all") -> PGD:  # noqa: N802
@@ -187,6 +241,9 @@ def trades_kl_attack(model: nn.Module, x: torch.Tensor, *, eps: Eps, alpha: Eps,
         with torch.no_grad():
             p_clean = torch.softmax(model(x)[:, :width].float(), dim=1)
         start = x + init_std * torch.randn(x.shape, dtype=x.dtype, device=x.device)
+        if compiled.whole_step(model):
+            return compiled.call(kl_attack_loop, model, x, start, p_clean, compiled.per_sample(alpha, x),
+                                 compiled.per_sample(eps, x), steps, width)
 
         def kl(logits: torch.Tensor) -> torch.Tensor:
             log_p_adv = torch.log_softmax(logits[:, :width].float(), dim=1)

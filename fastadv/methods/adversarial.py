@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastadv import kernels
+from fastadv import compiled, kernels
 from fastadv.attacks import PGD, training_attack
 from fastadv.config import Config
-from fastadv.methods.base import MethodBase
+from fastadv.methods.base import MethodBase, forward_and_loss
 from fastadv.methods.registry import MethodSpec, method_spec
 from fastadv.models import predict_k
 
@@ -62,15 +62,17 @@ class AdversarialTraining(MethodBase):
         samples trained clean count as not adversarial there (False in stats["adversarial"]).
         """
         x_train, ops = self.inputs(model, x, y, eps, alpha)
-        logits = model(x_train)
         ops_arg = ops if self.delta else None
         if sample_weight is None:
-            loss = kernels.label_augmented_ce(logits, y, self.num_classes, op_index=ops_arg, delta=self.delta)
+            loss, logits = compiled.call(forward_and_loss, model, x_train, y, ops_arg, float(self.delta), self.num_classes)
         else:
+            logits = model(x_train)
             per_sample = kernels.label_augmented_ce(logits, y, self.num_classes, op_index=ops_arg, delta=self.delta,
                                                     reduction="none")
             loss = (per_sample * sample_weight).mean()
         correct = predict_k(logits.detach(), self.num_classes) == y
         adversarial = ops >= 0
-        return loss, {"train_acc": correct.float().mean(), "adv_acc": correct[adversarial].float().mean(),
+        # A masked mean, not correct[adversarial] (boolean indexing is a host sync): NaN when none is adversarial.
+        adv_acc = (correct & adversarial).sum().float() / adversarial.sum().float()
+        return loss, {"train_acc": correct.float().mean(), "adv_acc": adv_acc,
                       "adv_correct": correct, "adversarial": adversarial, "train_logits": logits.detach()}

@@ -9,6 +9,17 @@ import torch
 from torch import nn
 
 
+def forward_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, op_index: torch.Tensor | None, delta: float,
+                     num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward and its (label-augmented) cross-entropy: (loss, logits).
+
+    Module-level with explicit arguments so `fastadv.compiled.call` compiles it as one graph."""
+    from fastadv import kernels
+
+    logits = model(x)
+    return kernels.label_augmented_ce(logits, y, num_classes, op_index=op_index, delta=delta), logits
+
+
 class Method(Protocol):
     """`loss, stats = method(model, x, y)`; stats are 0-d tensors (logged) or per-sample tensors."""
 

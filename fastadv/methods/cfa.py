@@ -140,14 +140,24 @@ class ClassWiseCalibration(MethodBase):
     def class_beta(self) -> torch.Tensor | None:
         return calibrated_beta(self.t, self.beta, self.lambda2) if self.ccr and self.calibrating else None
 
+    def _on_device(self, name: str, value: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """`value` copied to `device` once per epoch (a host-to-device copy each step would stall the queue)."""
+        if value is None:
+            return None
+        key = (name, device)
+        cache = self.__dict__.setdefault("_device_cache", {})
+        if key not in cache or cache[key][0] is not self.t:
+            cache[key] = (self.t, value.to(device))
+        return cache[key][1]
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        eps_k = self.class_eps()
-        eps = None if eps_k is None else eps_k.to(x.device)[y]
+        eps_k = self._on_device("eps", self.class_eps(), x.device)
+        eps = None if eps_k is None else eps_k[y]
         alpha = self.base_step() if eps is not None and self.fixed_step else None
         if isinstance(self.inner, Trades):
-            beta_k = self.class_beta()
+            beta_k = self._on_device("beta", self.class_beta(), x.device)
             if beta_k is not None:
-                beta = beta_k.to(x.device)[y]
+                beta = beta_k[y]
             elif self.normalize_from_start:  # their b = beta / (1 + beta) before calibration
                 beta = torch.full(y.shape, float(self.beta), device=x.device)
             else:
@@ -164,9 +174,10 @@ class ClassWiseCalibration(MethodBase):
             self.total = torch.zeros(self.num_classes, device=y.device)
         elif self.correct.device != y.device:  # counts restored from a checkpoint (loaded on the CPU)
             self.correct, self.total = self.correct.to(y.device), self.total.to(y.device)
-        y = y[mask]
-        self.correct += torch.bincount(y, weights=correct[mask].float(), minlength=self.num_classes)
-        self.total += torch.bincount(y, minlength=self.num_classes).float()
+        # index_add_ with masked weights, not bincount(y[mask]): boolean indexing and bincount's size read sync.
+        weight = mask.to(self.total.dtype)
+        self.correct.index_add_(0, y, correct.to(weight.dtype) * weight)
+        self.total.index_add_(0, y, weight)
 
     def on_epoch_end(self, ctx: EpochContext) -> dict[str, Any]:
         """t_k from this epoch's counts; FAWA gate and update. Returns what the Trainer logs."""

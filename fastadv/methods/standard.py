@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastadv import kernels
+from fastadv import compiled
 from fastadv.config import Config
-from fastadv.methods.base import MethodBase
+from fastadv.methods.base import MethodBase, forward_and_loss
 from fastadv.methods.registry import MethodSpec
 from fastadv.models import predict_k
 
@@ -23,7 +23,6 @@ class StandardTraining(MethodBase):
         return cls(num_classes=cfg.model.num_classes)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = model(x)
-        loss = kernels.label_augmented_ce(logits, y, self.num_classes)
+        loss, logits = compiled.call(forward_and_loss, model, x, y, None, 0.0, self.num_classes)
         acc = (predict_k(logits.detach(), self.num_classes) == y).float().mean()
         return loss, {"train_acc": acc}

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadv import compiled
 from fastadv.attacks import trades_kl_attack
 from fastadv.config import Config
 from fastadv.methods.base import MethodBase
@@ -52,6 +53,17 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
     if normalize:
         per_sample = per_sample / (1 + beta)
     return per_sample.mean()
+
+
+def trades_forward_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, num_classes: int,
+                        beta: float | torch.Tensor, normalize: bool, reference_forwards: bool,
+                        ce_weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The train-mode forwards (x, x', and x again for their KL target) and the loss: (loss, clean, adv).
+    Module-level with explicit arguments so `fastadv.compiled.call` compiles it as one graph."""
+    clean, adv = model(x), model(x_adv)  # train mode (train_step): BatchNorm sees each batch alone
+    target = model(x) if reference_forwards else None  # their KL target: a second forward of x
+    loss = trades_loss(clean, adv, y, num_classes, beta, normalize=normalize, kl_target=target, ce_weight=ce_weight)
+    return loss, clean, adv
 
 
 @dataclass
@@ -95,10 +107,9 @@ class Trades(MethodBase):
         x_adv = trades_kl_attack(model, x, eps=eps_used, alpha=self.step_size(eps_used) if alpha is None else alpha,
                                  steps=self.steps, num_classes=self.num_classes, init_std=self.init_std,
                                  head=self.head, model_mode=self.model_mode)
-        clean, adv = model(x), model(x_adv)  # train mode (train_step): BatchNorm sees each batch alone
-        target = model(x) if self.reference_forwards else None  # their KL target: a second forward of x
-        loss = trades_loss(clean, adv, y, self.num_classes, self.beta if beta is None else beta,
-                           normalize=beta is not None, kl_target=target, ce_weight=ce_weight)
+        loss, clean, adv = compiled.call(trades_forward_loss, model, x, x_adv, y, self.num_classes,
+                                         self.beta if beta is None else beta, beta is not None,
+                                         self.reference_forwards, ce_weight)
         correct_clean = predict_k(clean.detach(), self.num_classes) == y
         correct_adv = predict_k(adv.detach(), self.num_classes) == y
         return loss, {"train_acc": correct_clean.float().mean(), "adv_acc": correct_adv.float().mean(),

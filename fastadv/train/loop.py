@@ -33,7 +33,7 @@ from fastadv.train.overfit import build_guard
 from fastadv.train.runlog import JsonlLog, log_names
 from fastadv.train.schedule import lr_at
 from fastadv.train.state import Progress, TrainState
-from fastadv.train.step import train_step
+from fastadv.train.step import FiniteGuard, train_step
 
 
 class Trainer:
@@ -96,10 +96,11 @@ class Trainer:
         self.run_model = self.attack_model
         if self.dist.active:
             ddp = distributed.wrap_model(self.model, self.attack_model, self.dist)
-            self.run_model = maybe_compile(ddp, cfg.train.compile, cfg.train.compile_mode, self.device)
+            self.run_model = maybe_compile(ddp, cfg.train.compile, cfg.train.compile_mode, self.device, whole_step=False)
         self.log = JsonlLog(self.out_dir / "train.jsonl", enabled=self.dist.is_main)
         self.overfit = build_guard(cfg, self.holdout_set, self.steps_per_epoch, self.device)  # None when off
         self._stop = False
+        self.finite_guard: FiniteGuard | None = None  # set by fit()
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -115,8 +116,23 @@ class Trainer:
         return self.out_dir / CHECKPOINT_NAME
 
     def save(self) -> None:
-        """Write the checkpoint (every rank calls it: TrainState.save gathers rank-local state)."""
+        """Write the checkpoint (every rank calls it: TrainState.save gathers rank-local state),
+        never of a model a non-finite step has touched."""
+        self._check_finite()
         self.state.save(self.checkpoint_path)
+
+    def _check_finite(self) -> None:
+        """Raise NonFiniteLossError if a step since the start had a NaN/inf loss (one host sync)."""
+        if self.finite_guard is None:
+            return
+        spe = self.steps_per_epoch
+        try:
+            self.finite_guard.check(lambda step: f" at step {step} (epoch {(step - 1) // spe + 1})")
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(
+                f"{exc}, and the last good checkpoint {self.checkpoint_path} is intact. "
+                f"Try a lower optim.lr, or train.amp=off if this happened under fp16"
+            ) from None
 
     def _auto_resume(self) -> Path | None:
         """The run folder when train.auto_resume or a torchrun restart asks for it and it holds a checkpoint."""
@@ -144,6 +160,7 @@ class Trainer:
         bar = progress_bar(total=self.total_steps, initial=p.step, desc=cfg.name, unit="step",
                            disable=not (cfg.train.progress and self.dist.is_main), every=cfg.train.log_every)
         window = {"images": 0, "skipped": 0, "start": time.perf_counter()}
+        self.finite_guard = FiniteGuard(first_step=p.step + 1, records_per_step=self.replays)
         try:
             while p.epoch < self.epochs and not self._reached_max_steps():
                 loader = build_loader(cfg.data, "train", batch_size=cfg.data.batch_size, shuffle=True,
@@ -157,12 +174,14 @@ class Trainer:
                         break
                 else:
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                    self._check_finite()
                     self._method_epoch_end()
                     self.save()
                     self.log.write({"event": "epoch_end", "epoch": p.epoch, "step": p.step,
                                     "skipped_images": p.skipped_images})
         finally:
             bar.close()
+        self._check_finite()
         self.log.write({"event": "done", "epoch": p.epoch, "step": p.step, "skipped_images": p.skipped_images})
         return self.checkpoint_path
 
@@ -207,16 +226,9 @@ class Trainer:
         lr = lr_at(p.step, self.total_steps, self.base_lr, cfg.optim, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        try:
-            for _ in range(self.replays):  # 1 unless the method replays each minibatch (Free AT)
-                loss, stats = train_step(self.method, self.run_model, self.optimizer, self.scaler, x, y, self.device,
-                                         self.amp, where=f" at step {p.step + 1} (epoch {p.epoch + 1})",
-                                         clip_grad_norm=cfg.optim.clip_grad_norm)
-        except NonFiniteLossError as exc:
-            raise NonFiniteLossError(
-                f"{exc}, and the last good checkpoint {self.checkpoint_path} is intact. "
-                f"Try a lower optim.lr, or train.amp=off if this happened under fp16"
-            ) from None
+        for _ in range(self.replays):  # 1 unless the method replays each minibatch (Free AT)
+            loss, stats = train_step(self.method, self.run_model, self.optimizer, self.scaler, x, y, self.device,
+                                     self.amp, clip_grad_norm=cfg.optim.clip_grad_norm, guard=self.finite_guard)
         if self.dist.active and not cfg.train.sync_batchnorm:
             distributed.broadcast_buffers(self.model)  # every rank continues with rank 0's BatchNorm statistics
         if self.state.ema is not None:
@@ -230,6 +242,7 @@ class Trainer:
         if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
             self.save()
         if self.overfit is not None and self.overfit.due(p.step):
+            self._check_finite()
             record, self._stop = self.overfit.check(self.model, self.attack_model, self.optimizer,
                                                     decide=distributed.broadcast_object)
             self.log.write({**record, "step": p.step, "epoch": p.epoch + p.batch_in_epoch / self.steps_per_epoch})
@@ -237,6 +250,7 @@ class Trainer:
     def _log(self, loss, stats, x, y, lr, window, bar) -> None:
         """One JSONL line (rank 0); the scalars are means over the ranks, images/sec the global rate."""
         p = self.progress
+        self._check_finite()
         self.model.eval()
         with torch.no_grad(), autocast(self.device, self.amp):
             clean_acc = (predict_k(self.attack_model(x), self.cfg.model.num_classes) == y).float().mean()
