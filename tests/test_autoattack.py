@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -255,3 +257,45 @@ def test_k_head_check_fails_when_only_the_k_head_gradient_is_masked():
 
     m = _settings_model(Masked().eval(), aux=1, mults=(1,))
     assert _status(m, "K-head") == FAIL
+
+
+# ---------------------------------------------------------------- a killed AutoAttack run resumes
+
+
+def test_resumed_autoattack_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Kill the AutoAttack setting after its first batch; the rerun reads that batch back and the CSVs match."""
+    import fastadv.evaluate as evaluate_module
+    from fastadv.config import load_config
+    from fastadv.train import train
+
+    cfg = load_config("demo-std", [f"train.out_dir={tmp_path / 'run'}", "data.image_size=16", "data.limit_train=32",
+                                   "data.limit_val=24", "data.batch_size=16", "data.eval_batch_size=8",
+                                   "model.arch=resnet18", "train.max_steps=1", "train.progress=false"])
+    train(cfg)
+    ask = ["eval.autoattack=true", "eval.autoattack_at_eval_eps=false", "eval.autoattack_version=custom",
+           'eval.autoattack_attacks="apgd-ce"', "eval.steps=2", "eval.eps=8/255", "eval.autoattack_eps=8/255"]
+    straight = evaluate_module.evaluate(tmp_path / "run", tmp_path / "straight", ask, progress=False)
+
+    original, calls = evaluate_module._predict_batch, {"n": 0}
+
+    class Killed(Exception):
+        pass
+
+    def dies_on_the_second_autoattack_batch(model, batch, setting, *args, **kwargs):
+        if setting.resumable:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise Killed()
+        return original(model, batch, setting, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(evaluate_module, "_predict_batch", dies_on_the_second_autoattack_batch)
+        with pytest.raises(Killed):
+            evaluate_module.evaluate(tmp_path / "run", tmp_path / "resumed", ask, progress=False)
+    assert list((tmp_path / "resumed" / "partial").glob("*.jsonl"))  # the first batch was kept
+    resumed = evaluate_module.evaluate(tmp_path / "run", tmp_path / "resumed", ask, progress=False)
+    info = json.loads((resumed / "eval.json").read_text())
+    keys = [k for k, s in info["settings"].items() if s.get("resumed_batches")]
+    assert keys, "the rerun read no batch back"
+    for csv_path in sorted((straight / "predictions").glob("*.csv")):
+        assert csv_path.read_bytes() == (resumed / "predictions" / csv_path.name).read_bytes(), csv_path.name
