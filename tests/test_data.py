@@ -99,7 +99,7 @@ def test_odd_image_modes_decode_to_rgb(tmp_path: Path) -> None:
     with Image.open(cls / "png.JPEG") as image:
         assert image.format == "PNG"
     for split in ("train", "val"):
-        ds = build_dataset(_cfg(tmp_path), split)
+        ds = build_dataset(_cfg(tmp_path, same_split=True), split)  # one flat folder of odd files
         assert len(ds) == 3
         for i in range(3):
             image, label, index = ds[(i, 7)]

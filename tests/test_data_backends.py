@@ -268,9 +268,9 @@ def _check_bad(batches, names: list[str], ref: list, caplog) -> None:
 
 @needs_dali
 def test_dali_bad_files_decode_or_skip(bad_folder: Path, caplog) -> None:
-    cfg = cfg_for(bad_folder, "dali")
+    cfg = cfg_for(bad_folder, "dali", same_split=True)
     ds = build_dataset(cfg, "val")
-    ref = collect(build_loader(cfg_for(bad_folder, "folder"), "val", batch_size=3, shuffle=False))
+    ref = collect(build_loader(cfg_for(bad_folder, "folder", same_split=True), "val", batch_size=3, shuffle=False))
     with caplog.at_level(logging.WARNING, logger="fastadv.data"):
         for _ in range(2):  # the second epoch warns no more
             batches = collect(build_loader(cfg, "val", batch_size=3, shuffle=False, dataset=ds))
@@ -293,9 +293,9 @@ def test_dali_failure_on_a_batch_falls_back_to_pil(bad_folder: Path, monkeypatch
         return real(path)
 
     monkeypatch.setattr(files, "prepare_file", lenient)
-    cfg = cfg_for(bad_folder, "dali")
+    cfg = cfg_for(bad_folder, "dali", same_split=True)
     ds = build_dataset(cfg, "val")
-    ref = collect(build_loader(cfg_for(bad_folder, "folder"), "val", batch_size=3, shuffle=False))
+    ref = collect(build_loader(cfg_for(bad_folder, "folder", same_split=True), "val", batch_size=3, shuffle=False))
     loader = build_loader(cfg, "val", batch_size=3, shuffle=False, dataset=ds)
     with caplog.at_level(logging.WARNING, logger="fastadv.data"):
         batches = collect(loader)
@@ -309,10 +309,10 @@ def test_ffcv_bad_files_are_placeholders_skipped(bad_folder: Path, tmp_path: Pat
     beton = tmp_path / "val.beton"
     meta = write_ffcv(bad_folder, beton, max_resolution=256, compress_probability=0.0, workers=1)
     assert sorted(Path(v["file"]).name for v in meta["skipped"].values()) == sorted(BAD)
-    cfg = cfg_for(bad_folder, "ffcv", ffcv_val=str(beton))
+    cfg = cfg_for(bad_folder, "ffcv", ffcv_val=str(beton), same_split=True)
     ds = build_dataset(cfg, "val")
     assert len(ds) == 7
-    ref = collect(build_loader(cfg_for(bad_folder, "folder"), "val", batch_size=3, shuffle=False))
+    ref = collect(build_loader(cfg_for(bad_folder, "folder", same_split=True), "val", batch_size=3, shuffle=False))
     with caplog.at_level(logging.WARNING, logger="fastadv.data"):
         batches = collect(build_loader(cfg, "val", batch_size=3, shuffle=False, dataset=ds))
     assert [b.skipped for b in batches] == [0, 3, 0]

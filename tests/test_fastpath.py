@@ -64,7 +64,7 @@ def test_step_functions_have_no_graph_breaks():
     eps = torch.full((6,), 8 / 255)
     with compiled.tracing_autograd():
         runs = [
-            torch._dynamo.explain(pgd_ce_attack)(model, x, y, eps / 4, eps, 2, K, "all", 1.0, True),
+            torch._dynamo.explain(pgd_ce_attack)(model, x, y, x.clone(), eps / 4, eps, 2, K, "all", 1.0),
             torch._dynamo.explain(kl_attack_loop)(model, x, x.clone(), torch.softmax(model(x)[:, :K], 1), eps / 4,
                                                   eps, 2, K),
         ]

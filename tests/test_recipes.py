@@ -63,7 +63,7 @@ def test_relative_base_path_is_taken_from_the_inheriting_file(tmp_path):
 
 
 def test_arrays_are_replaced_not_merged(tmp_path):
-    root = write(tmp_path / "root.toml", 'name = "r"\n[method]\nname = "std"\n[model]\nmean = [0.1, 0.2, 0.3]\n')
+    root = write(tmp_path / "root.toml", 'name = "r"\n[method]\nname = "std"\n[model]\nnormalize = "fixed"\nmean = [0.1, 0.2, 0.3]\n')
     leaf = write(tmp_path / "leaf.toml", f'base = "{root}"\nname = "l"\n[model]\nmean = [0.5, 0.5, 0.5]\n')
     assert load_config(str(leaf)).model.mean == (0.5, 0.5, 0.5)
 

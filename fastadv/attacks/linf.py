@@ -111,26 +111,25 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, al
     x = x.detach()
     model = attack_view(model)
     with attack_mode(model, model_mode):
+        # The random start is drawn eagerly on every path: the same RNG stream, the same start, whether the
+        # loop then runs eagerly or as one compiled graph (inductor's RNG would draw other numbers).
+        start = kernels.random_start(x, eps) if random_start else x.clone()
         if early_stop:
             from fastadv.attacks.early_stop import early_stop_pgd
 
-            start = kernels.random_start(x, eps) if random_start else x.clone()
             return early_stop_pgd(model, x, y, start, alpha=alpha, eps=eps, steps=steps, num_classes=num_classes,
                                   head=head, temperature=temperature, compact=compact)
         if compiled.whole_step(model):
-            return compiled.call(pgd_ce_attack, model, x, y, compiled.per_sample(alpha, x),
-                                 compiled.per_sample(eps, x), steps, num_classes, head, float(temperature),
-                                 bool(random_start))
-        start = kernels.random_start(x, eps) if random_start else x.clone()
+            return compiled.call(pgd_ce_attack, model, x, y, start, compiled.per_sample(alpha, x),
+                                 compiled.per_sample(eps, x), steps, num_classes, head, float(temperature))
         return linf_attack(model, x, start, lambda logits: attack_loss(logits, y, num_classes, head, temperature),
                            alpha=alpha, eps=eps, steps=steps)
 
 
-def pgd_ce_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, eps: torch.Tensor,
-                  steps: int, num_classes: int, head: str, temperature: float, random_start: bool) -> torch.Tensor:
-    """The whole PGD attack (random start, `steps` forward + input gradient + fused update) with
-    explicit arguments only: what `fastadv.compiled.call` compiles into one graph. alpha, eps: [B]."""
-    start = kernels.random_start(x, eps) if random_start else x.clone()
+def pgd_ce_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, alpha: torch.Tensor,
+                  eps: torch.Tensor, steps: int, num_classes: int, head: str, temperature: float) -> torch.Tensor:
+    """The whole PGD loop from `start` (`steps` forward + input gradient + fused update) with explicit
+    arguments only: what `fastadv.compiled.call` compiles into one graph. alpha, eps: [B]."""
     x_adv = start
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
