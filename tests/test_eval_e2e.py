@@ -209,7 +209,8 @@ def test_metrics_command_builds_the_whole_report(evaluated, capsys) -> None:
     assert page.errors == [] and page.stack == [] and page.external == []
     assert page.headings[0] == "fastadv class-wise robustness report"
     assert {"Table 1: error rates (%)", "Table 2: class-wise error (%)"} <= set(page.headings)
-    assert page.tables == 6 and page.cells > 100  # suites, Table 1, Table 2, class-wise, ImageNet-C, ImageNet-X
+    # suites, Table 1, Table 2, class-wise, ImageNet-C, ImageNet-X, and the methods ranking (both runs have configs)
+    assert page.tables == 7 and page.cells > 100
     assert len(page.images) == 3
     for img in page.images:
         assert img["src"].startswith("data:image/png;base64,") and img["alt"]
