@@ -94,7 +94,7 @@ def test_free_replays_the_minibatch_and_carries_delta():
     assert set(method.state_dict()) == {"noise"}
 
 
-def test_free_trainer_runs_epochs_divided_by_replays(tmp_path):
+def test_free_trainer_runs_epochs_divided_by_replays(tmp_path, monkeypatch):
     from fastadv.train import Trainer
 
     cfg = load_config("demo-free", [f"train.out_dir={tmp_path}", "data.image_size=16", "data.limit_train=64",
@@ -102,25 +102,17 @@ def test_free_trainer_runs_epochs_divided_by_replays(tmp_path):
                                     "train.holdout_per_class=0", "train.on_overfit=off"])
     trainer = Trainer(cfg)
     calls = []
-    inner = trainer.state.method.__call__
-    trainer.state.method.__class__.__call__  # noqa: B018
-    trainer.state.method.__dict__  # the dataclass instance; count calls through a wrapper
-    method = trainer.state.method
-    orig = type(method).__call__
+    original = type(trainer.state.method).__call__
 
     def counting(self, model, x, y):
         calls.append(x.shape[0])
-        return orig(self, model, x, y)
+        return original(self, model, x, y)
 
-    type(method).__call__ = counting
-    try:
-        trainer.fit()
-    finally:
-        type(method).__call__ = orig
+    monkeypatch.setattr(type(trainer.state.method), "__call__", counting)
+    trainer.fit()
     assert trainer.epochs == math.ceil(5 / 4) == 2
     assert trainer.progress.epoch == 2 and trainer.progress.step == 2 * trainer.steps_per_epoch
     assert len(calls) == 4 * trainer.progress.step  # m optimizer steps on every minibatch
-    del inner
 
 
 # ----------------------------------------------------------------------------- overfitting guard
