@@ -24,7 +24,9 @@ def measure_one(backend: str, path: str, workers: int, batch_size: int, batches:
     from fastadv.config import DataConfig
     from fastadv.data.throughput import loader_throughput
 
-    cfg = DataConfig(path=path, backend=backend, workers=workers, batch_size=batch_size, image_size=size)
+    # A loader benchmark on one flat folder of photos: no accuracy is measured, so one split serves both.
+    cfg = DataConfig(path=path, backend=backend, workers=workers, batch_size=batch_size, image_size=size,
+                     same_split=True)
     if backend == "ffcv":
         from fastadv.data.ffcv_write import write_ffcv
 

@@ -278,7 +278,7 @@ def test_demo_dataset() -> None:
 # ------------------------------------------------------------------------------- real photos
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} not present")
 def test_real_imagenet_samples() -> None:
-    cfg = DataConfig(path=str(SAMPLES), workers=0)
+    cfg = DataConfig(path=str(SAMPLES), workers=0, same_split=True)
     ds = build_dataset(cfg, "val")
     assert ds.num_classes == 1000 and ds.classes[0] == "n01440764" and len(ds) == 1000
     batch = next(iter(build_loader(cfg, "val", batch_size=8, shuffle=False, dataset=ds)))

@@ -455,19 +455,19 @@ def test_trainer_and_eval_run_unchanged_on_dali(photos: Path, tmp_path: Path) ->
 def test_real_samples_dali_matches_folder_incl_grayscale() -> None:
     from fastadv.data.throughput import loader_throughput
 
-    folder_ds = build_dataset(DataConfig(path=str(SAMPLES), workers=0), "val")
+    folder_ds = build_dataset(DataConfig(path=str(SAMPLES), workers=0, same_split=True), "val")
     gray = [i for i, p in enumerate(folder_ds.paths) if Image.open(p).mode == "L"][:6]
     subset = sorted(set(range(10)) | set(gray))
     out = {}
     for backend in ("folder", "dali"):
-        ds = IndexSubset(build_dataset(DataConfig(path=str(SAMPLES), backend=backend, workers=2), "val"), subset)
+        ds = IndexSubset(build_dataset(DataConfig(path=str(SAMPLES), backend=backend, workers=2, same_split=True), "val"), subset)
         (b,) = collect(build_loader(DataConfig(backend=backend, workers=2), "val", batch_size=len(subset),
                                     shuffle=False, dataset=ds))
         assert b.images.shape == (len(subset), 3, 224, 224) and b.skipped == 0
         out[backend] = b
     assert out["dali"].labels.tolist() == out["folder"].labels.tolist() == subset
     assert per_image_diff(out["dali"].images, out["folder"].images).max().item() <= TOL
-    stats = loader_throughput(DataConfig(path=str(SAMPLES), backend="dali", workers=2, limit_train=64),
+    stats = loader_throughput(DataConfig(path=str(SAMPLES), backend="dali", workers=2, limit_train=64, same_split=True),
                               "train", batches=2, batch_size=16, warmup=1)
     assert stats["images"] == 32 and stats["images_per_sec"] > 0 and stats["backend"] == "dali"
 
