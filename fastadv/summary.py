@@ -89,9 +89,11 @@ def metrics_table(headline: dict[str, dict[str, Any]], report_dir: Path) -> str:
 
     Every registered attack setting (fastadv.suites, kind ATTACK) gets its K-head and K+M columns."""
     attacks = suites.setting_specs(suites.ATTACK)
-    columns = [(f"{spec.label or spec.name} err", suites.headline_field(spec, "error")) for spec in attacks]
-    columns += [(f"{spec.label or spec.name} K+M err", suites.headline_field(spec, "error", kplusm=True))
-                for spec in attacks]
+    labels = [spec.label or spec.name for spec in attacks]
+    names = [label if labels.count(label) == 1 else spec.name for label, spec in zip(labels, attacks)]  # unique
+    columns = [(f"{name} err", suites.headline_field(spec, "error")) for name, spec in zip(names, attacks)]
+    columns += [(f"{name} K+M err", suites.headline_field(spec, "error", kplusm=True))
+                for name, spec in zip(names, attacks)]
     rows = []
     for model, h in headline.items():
         rows.append([model, _pct(h.get("clean_error")), _pct(h.get("real_error")),
