@@ -35,7 +35,9 @@ class ModelConfig:
     init: str = ""  # path to a state dict / fastadv checkpoint to start from instead
     # torchvision weights enum (ResNet50_Weights.IMAGENET1K_V2) | timm (download) | a file; see fastadv.weights
     weights: str = ""
-    normalize: str = "auto"  # auto = the model's own mean/std (written into mean/std) | fixed = mean/std as given
+    # auto = the model's own mean/std (written into mean/std) | fixed = mean/std as given; a model.mean or
+    # model.std given in the recipe or with --set is kept (and recorded as fixed)
+    normalize: str = "auto"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     image_size: int = 0  # the size the network is built for (ViT position tables); 0 = data.image_size
@@ -52,6 +54,9 @@ class DataConfig:
     same_split: bool = False  # data.path without train/ and val/: use its class folders for both (asked explicitly)
     image_size: int = 224  # train random-resized-crop size and val center-crop size
     val_resize: int = 256  # val: resize shorter side to this, then center crop
+    # resize filter of the crops: auto (the model's own: timm pretrained_cfg / torchvision weights, written
+    # back when the config loads) | bilinear | bicubic; ffcv always uses its own filter (see README)
+    interpolation: str = "auto"
     min_scale: float = 0.08  # RandomResizedCrop lower scale bound
     batch_size: int = 64  # per device, training
     eval_batch_size: int = 64
@@ -195,6 +200,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        # Dotted keys ("model.mean") the recipe or an override set; not a field: never saved or compared.
+        self.given_keys: set[str] = set()
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -229,7 +238,9 @@ def from_dict(raw: dict[str, Any]) -> Config:
             )
         hints = typing.get_type_hints(cls)
         kwargs[key] = cls(**{k: _coerce(f"{key}.{k}", v, hints[k]) for k, v in value.items()})
-    return Config(**kwargs)
+    cfg = Config(**kwargs)
+    cfg.given_keys = {f"{section}.{k}" for section, v in raw.items() if isinstance(v, dict) for k in v}
+    return cfg
 
 
 def load_config(recipe: str, overrides: list[str] | None = None) -> Config:
@@ -264,6 +275,7 @@ def apply_override(cfg: Config, item: str) -> None:
             f"unknown field {key!r}; [{section}] has: {', '.join(sorted(hints))}"
         )
     setattr(obj, name, _coerce(key, _parse_text(text), hints[name]))
+    cfg.given_keys.add(key)
 
 
 def _parse_text(text: str) -> Any:

@@ -2,7 +2,7 @@
 
 One place decides, per architecture: how the network is constructed (each library's own
 constructor), where its classifier is and how it is replaced (timm's reset_classifier,
-torchvision's last nn.Linear through its attribute path), which mean/std and input size
+torchvision's last nn.Linear through its attribute path), which mean/std, input size and resize filter
 it expects (timm's pretrained_cfg, torchvision's weights meta, else ImageNet defaults),
 and whether channels_last helps (CNNs yes, transformers no).
 """
@@ -191,12 +191,36 @@ def zero_extra_rows(head: nn.Linear, num_classes: int) -> None:
             head.bias[num_classes:].zero_()
 
 
+# What data.interpolation=auto becomes for each filter a model's config may name: the two the data
+# backends implement; every other torchvision InterpolationMode / PIL filter maps to the nearest of them
+# (lower-order filters to bilinear, lanczos to bicubic); unknown or missing names to bilinear.
+SUPPORTED_INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "bilinear",
+                           "nearest-exact": "bilinear", "box": "bilinear", "hamming": "bilinear",
+                           "lanczos": "bicubic"}
+
+
+def supported_interpolation(name: str) -> str:
+    return SUPPORTED_INTERPOLATION.get(str(name).lower(), "bilinear")
+
+
 def resolve_model_config(cfg) -> None:
     """Fill what the model's own config decides, in place, so the run's config.toml records it:
-    model.image_size (0 = data.image_size) and, for model.normalize=auto, model.mean/std."""
-    m = cfg.model
+    model.image_size (0 = data.image_size), model.mean/std for model.normalize=auto and
+    data.interpolation=auto. Values the recipe or --set gave (cfg.given_keys) win: a given
+    model.mean or model.std is kept and model.normalize recorded as "fixed". Called once, by
+    load_config; a resumed run or an evaluation reads the saved, resolved values."""
+    m, d, given = cfg.model, cfg.data, getattr(cfg, "given_keys", set())
     if m.image_size == 0:
-        m.image_size = cfg.data.image_size
+        m.image_size = d.image_size
+    if m.normalize != "auto" and d.interpolation != "auto":
+        return
+    defaults = model_defaults(m.arch)
     if m.normalize == "auto":
-        d = model_defaults(m.arch)
-        m.mean, m.std = tuple(float(v) for v in d.mean), tuple(float(v) for v in d.std)
+        if "model.mean" not in given:
+            m.mean = tuple(float(v) for v in defaults.mean)
+        if "model.std" not in given:
+            m.std = tuple(float(v) for v in defaults.std)
+        if {"model.mean", "model.std"} & given:
+            m.normalize = "fixed"
+    if d.interpolation == "auto":
+        d.interpolation = supported_interpolation(defaults.interpolation)

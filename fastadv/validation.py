@@ -23,6 +23,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 LR_SCALING = ("none", "linear", "sqrt")
 OPTIMIZERS = ("sgd", "adamw")
 NORMALIZE_MODES = ("auto", "fixed")
+INTERPOLATIONS = ("auto", "bilinear", "bicubic")
 
 ATTACK_MODEL_MODES = ("eval", "train")
 ON_OVERFIT = ("auto", "off", "warn", "stop", "rollback")
@@ -154,6 +155,7 @@ def _validate_models(cfg: Config) -> None:
     m, o = cfg.model, cfg.optim
     _choice("optim.name", o.name, OPTIMIZERS)
     _choice("model.normalize", m.normalize, NORMALIZE_MODES)
+    _choice("data.interpolation", cfg.data.interpolation, INTERPOLATIONS)
     if not 0 <= m.drop_path < 1:
         raise FastadvError(f"model.drop_path={m.drop_path:g} must be in [0, 1), e.g. 0.1")
     if m.image_size < 0:

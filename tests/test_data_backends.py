@@ -484,3 +484,72 @@ def test_dali_stalled_read_is_an_error_not_a_hang(photos: Path, monkeypatch) -> 
     with pytest.raises(FastadvError, match="took over 1 s"):
         collect(build_loader(cfg_for(photos, "dali", timeout=1.0), "val", batch_size=4, shuffle=False))
     assert time.monotonic() - start < 15
+
+
+# ------------------------------------------------------------------------------ data.interpolation
+def _torchvision_reference(path: str, mode: str, train: bool, seed: int) -> torch.Tensor:
+    """torchvision's own transforms with InterpolationMode `mode`, under the sample seed."""
+    m = transforms.InterpolationMode(mode)
+    steps = ([transforms.RandomResizedCrop(32, scale=(0.08, 1.0), interpolation=m), transforms.RandomHorizontalFlip()]
+             if train else [transforms.Resize(36, interpolation=m), transforms.CenterCrop(32)])
+    torch.manual_seed(seed)
+    return transforms.Compose([*steps, transforms.ToTensor()])(Image.open(path).convert("RGB"))
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_folder_backend_resizes_with_data_interpolation(photos: Path, split: str) -> None:
+    out = {}
+    for mode in ("bilinear", "bicubic", "auto"):
+        ds = build_dataset(cfg_for(photos, "folder", interpolation=mode), split)
+        out[mode] = torch.stack([ds[(i, 100 + i)][0] for i in range(len(ds))])
+        if mode != "auto":
+            for i in (0, 5, 11):
+                assert torch.equal(out[mode][i], _torchvision_reference(ds.paths[i], mode, split == "train", 100 + i))
+    assert (per_image_diff(out["bilinear"], out["bicubic"]) > 0).all()  # every image: another filter
+    assert torch.equal(out["auto"], out["bilinear"])  # unresolved auto (an older saved config): bilinear, as before
+
+
+@needs_dali
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_dali_resizes_with_data_interpolation(photos: Path, split: str) -> None:
+    kw = dict(batch_size=4, shuffle=True, seed=7, epoch=2, drop_last=True) if split == "train" else \
+        dict(batch_size=5, shuffle=False)
+    images = {(backend, mode): cat(collect(build_loader(cfg_for(photos, backend, interpolation=mode), split, **kw)),
+                                   "images")
+              for backend in ("dali", "folder") for mode in ("bilinear", "bicubic")}
+    for mode, other in (("bilinear", "bicubic"), ("bicubic", "bilinear")):
+        same = per_image_diff(images["dali", mode], images["folder", mode])
+        assert same.max().item() <= TOL / 10, (mode, same * 255)
+        assert (same < per_image_diff(images["dali", mode], images["folder", other])).all(), mode
+
+
+def test_demo_digits_upsample_with_data_interpolation() -> None:
+    from sklearn.datasets import load_digits
+
+    from fastadv.data.demo import split_indices
+
+    raw = torch.from_numpy(load_digits().images).float().div(16.0).unsqueeze(1)[split_indices()["val"]]
+    built = {mode: build_dataset(DataConfig(backend="demo", image_size=32, interpolation=mode), "val").images
+             for mode in ("bilinear", "bicubic", "auto")}
+    for mode in ("bilinear", "bicubic"):
+        expected = torch.nn.functional.interpolate(raw, size=(32, 32), mode=mode, align_corners=False)
+        assert torch.equal(built[mode], expected.clamp(0.0, 1.0).repeat(1, 3, 1, 1)), mode
+    assert not torch.equal(built["bicubic"], built["bilinear"])
+    assert torch.equal(built["auto"], built["bilinear"])  # unresolved auto: bilinear, as before
+
+
+def test_ffcv_warns_once_that_it_cannot_apply_bicubic(monkeypatch, caplog) -> None:
+    from fastadv.data import ffcv_backend
+    from fastadv.data.ffcv_backend import BetonDataset, build_ffcv_loader
+
+    monkeypatch.setattr(ffcv_backend, "_interpolation_warned", set())
+    ds = BetonDataset.__new__(BetonDataset)  # no .beton needed: the loader checks before reading
+    ds.rows = [0, 1, 2]
+    with caplog.at_level(logging.WARNING, logger="fastadv.data"):
+        build_ffcv_loader(cfg_for("/nowhere", "ffcv", interpolation="bilinear"), "train", ds, batch_size=1, shuffle=False)
+        assert not caplog.records  # bilinear: FFCV's area filter, the backend's behaviour before the option
+        for _ in range(2):
+            build_ffcv_loader(cfg_for("/nowhere", "ffcv", interpolation="bicubic"), "train", ds, batch_size=1,
+                              shuffle=False)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "data.interpolation=bicubic" in warned[0] and "INTER_AREA" in warned[0], warned

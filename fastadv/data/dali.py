@@ -18,7 +18,8 @@ Outputs: float32 [B,3,S,S] in [0,1] (no mean/std: the model normalizes), channel
 the loader's device; int64 labels and indices. On a CUDA device DALI decodes (nvJPEG,
 `device='mixed'`, only the crop window), resizes and flips on the GPU. On the CPU
 (`device_id=None`) DALI decodes and flips and torch resizes: its antialiased uint8 bilinear
-resize is ~10x faster than DALI's CPU resize and as close to PIL.
+resize is ~10x faster than DALI's CPU resize and as close to PIL. The filter is
+data.interpolation on both paths (DALI INTERP_LINEAR / INTERP_CUBIC, torch bilinear / bicubic).
 
 Reads are done by a small thread pool a few batches ahead; a read that stalls for
 data.timeout seconds is an error (never a hang).
@@ -44,6 +45,7 @@ from fastadv.data.geometry import (
     Geometry,
     center_anchor,
     crop_or_pad,
+    interpolation_name,
     random_resized_crop,
     resize_shorter,
     resize_uint8,
@@ -169,6 +171,7 @@ class DaliLoader:
         dtypes = {"enc": types.UINT8, "anchor": types.FLOAT, "shape": types.FLOAT, "flip": types.INT32,
                   "rx": types.FLOAT, "ry": types.FLOAT}
         slice_args = dict(axis_names="WH", normalized_anchor=False, normalized_shape=False)
+        interp = {"bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}[interpolation_name(g.interpolation)]
         with pipe:
             nodes = fn.external_source(source=feed, num_outputs=len(names), batch=True, dtype=[dtypes[n] for n in names])
             n = dict(zip(names, nodes))
@@ -177,11 +180,11 @@ class DaliLoader:
                                               adjust_orientation=False, **slice_args)
                 img = fn.flip(img, horizontal=n["flip"])  # before the resize: the same as after it
                 if self.gpu:
-                    img = fn.resize(img, resize_x=g.size, resize_y=g.size, interp_type=types.INTERP_LINEAR, antialias=True)
+                    img = fn.resize(img, resize_x=g.size, resize_y=g.size, interp_type=interp, antialias=True)
             else:
                 img = fn.decoders.image(n["enc"], device=decoder, output_type=types.RGB, adjust_orientation=False)
                 if self.gpu:  # on the CPU torch resizes and crops (_to_batch)
-                    img = fn.resize(img, resize_x=n["rx"], resize_y=n["ry"], interp_type=types.INTERP_LINEAR, antialias=True)
+                    img = fn.resize(img, resize_x=n["rx"], resize_y=n["ry"], interp_type=interp, antialias=True)
                     img = fn.slice(img, n["anchor"], n["shape"], out_of_bounds_policy="pad", fill_values=0, **slice_args)
             pipe.set_outputs(img)
         pipe.build()
@@ -317,9 +320,9 @@ class DaliLoader:
             for k, geo in enumerate(entry.geometry):
                 x = torch.from_numpy(np.asarray(out[k])).permute(2, 0, 1).unsqueeze(0)  # [1,3,h,w] channels_last
                 if self.geometry.mode == "train":
-                    x = resize_uint8(x, s, s)
+                    x = resize_uint8(x, s, s, self.geometry.interpolation)
                 else:
-                    x = crop_or_pad(resize_uint8(x, geo["ry"], geo["rx"]), *geo["anchor"], s)
+                    x = crop_or_pad(resize_uint8(x, geo["ry"], geo["rx"], self.geometry.interpolation), *geo["anchor"], s)
                 nhwc[k] = x[0].permute(1, 2, 0).numpy()
             return self._finish(torch.from_numpy(nhwc).permute(0, 3, 1, 2), entry)
 
@@ -362,9 +365,9 @@ def build_dali_loader(cfg: DataConfig, split: str, dataset, *, batch_size: int, 
     sampler = EpochSampler(len(source), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
                            drop_last=drop_last, skip=start_batch * batch_size)
     if getattr(unwrap_subset(dataset)[0], "augment", split == "train"):
-        geometry = Geometry("train", cfg.image_size, min_scale=cfg.min_scale)
+        geometry = Geometry("train", cfg.image_size, min_scale=cfg.min_scale, interpolation=cfg.interpolation)
     else:
-        geometry = Geometry("val", cfg.image_size, resize=cfg.val_resize)
+        geometry = Geometry("val", cfg.image_size, resize=cfg.val_resize, interpolation=cfg.interpolation)
     return DaliLoader(source, sampler, batch_size=batch_size, drop_last=drop_last, geometry=geometry, device=device,
                       decode=cfg.dali_device, workers=cfg.workers, seed=mix(seed, epoch, rank), timeout=cfg.timeout)
 

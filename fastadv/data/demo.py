@@ -11,17 +11,19 @@ import torch
 import torch.nn.functional as F
 
 from fastadv.config import DataConfig
+from fastadv.data.geometry import interpolation_name
 from fastadv.data.seeding import limit_indices
 
 
 @functools.lru_cache(maxsize=4)
-def digits(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All 1797 digits as float32 [N,3,S,S] in [0,1] and int64 labels [N] (built once per size)."""
+def digits(image_size: int, interpolation: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1797 digits as float32 [N,3,S,S] in [0,1] and int64 labels [N], upsampled with
+    data.interpolation (bilinear | bicubic; built once per size and filter)."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
     x = torch.from_numpy(data.images).float().div(16.0).unsqueeze(1)  # [N,1,8,8]
-    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    x = F.interpolate(x, size=(image_size, image_size), mode=interpolation_name(interpolation), align_corners=False)
     x = x.clamp(0.0, 1.0).repeat(1, 3, 1, 1).contiguous()
     return x, torch.from_numpy(data.target).long()
 
@@ -42,8 +44,9 @@ class DigitsDataset(torch.utils.data.Dataset):
 
     classes = [str(i) for i in range(10)]
 
-    def __init__(self, image_size: int, split: str, augment: bool, limit: int = 0) -> None:
-        images, labels = digits(image_size)
+    def __init__(self, image_size: int, split: str, augment: bool, limit: int = 0,
+                 interpolation: str = "bilinear") -> None:
+        images, labels = digits(image_size, interpolation_name(interpolation))
         original = split_indices()[split]
         original = [original[i] for i in limit_indices(len(original), limit)]
         keep = torch.tensor(original, dtype=torch.int64)
@@ -82,4 +85,4 @@ def build_demo_dataset(cfg: DataConfig, split: str, augment: bool | None = None)
     """augment: random translation (default for "train") or none."""
     augment = split == "train" if augment is None else augment
     limit = cfg.limit_train if split == "train" else cfg.limit_val
-    return DigitsDataset(cfg.image_size, split, augment=augment, limit=limit)
+    return DigitsDataset(cfg.image_size, split, augment=augment, limit=limit, interpolation=cfg.interpolation)

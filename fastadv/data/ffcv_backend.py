@@ -11,6 +11,9 @@ model normalizes), channels_last, on the loader's device. Order, DDP shard and r
 come from fastadv's EpochSampler; FFCV's crop randomness is its own (not seeded per sample).
 FFCV's worker thread can die silently and leave its queue waiting forever; here a failure
 becomes an error and a loader without a batch for data.timeout seconds raises.
+FFCV's decoders resize with their own fixed filter (OpenCV INTER_AREA, an area average): it is
+what data.interpolation=bilinear gets here (as before the option existed); bicubic cannot be
+honoured, and says so in one warning (warn_interpolation), it is not emulated.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from fastadv.data.ffcv_write import (  # noqa: F401 (ffcv_import_error, write_ff
     write_ffcv,
 )
 from fastadv.data.batch import Batch
+from fastadv.data.geometry import interpolation_name
 from fastadv.data.sampler import EpochSampler
 from fastadv.data.seeding import limit_indices
 from fastadv.data.subset import unwrap_subset
@@ -48,6 +52,16 @@ log = logging.getLogger("fastadv.data")
 # FFCV Loaders by (beton, pipeline): each JIT-compiles its pipeline on first use (seconds), so
 # epochs and datasets over the same .beton reuse one. Bounded; holds no batch memory.
 _LOADERS: collections.OrderedDict[tuple, object] = collections.OrderedDict()
+_interpolation_warned: set[str] = set()
+
+
+def warn_interpolation(cfg: DataConfig) -> None:
+    """One warning per process when data.interpolation asks for a filter FFCV's decoders do not have."""
+    name = interpolation_name(cfg.interpolation)
+    if name != "bilinear" and name not in _interpolation_warned:
+        _interpolation_warned.add(name)
+        log.warning("data.interpolation=%s is not applied by data.backend=ffcv: FFCV's decoders resize with "
+                    "OpenCV INTER_AREA (use data.backend=folder or dali for %s crops)", name, name)
 
 
 # -------------------------------------------------------------------------------------- dataset
@@ -291,4 +305,5 @@ def build_ffcv_loader(cfg: DataConfig, split: str, dataset: BetonDataset, *, bat
     sampler = EpochSampler(len(rows), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
                            drop_last=drop_last, skip=start_batch * batch_size)
     train = bool(getattr(base, "augment", split == "train"))
+    warn_interpolation(cfg)
     return FfcvLoader(base, rows, sampler, batch_size=batch_size, drop_last=drop_last, train=train, cfg=cfg, device=device)

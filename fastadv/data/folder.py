@@ -14,6 +14,7 @@ from torchvision import transforms
 from fastadv.config import DataConfig
 from fastadv.data.class_folders import scan
 from fastadv.data.files import DECODE_ERRORS
+from fastadv.data.geometry import pil_interpolation
 from fastadv.data.seeding import limit_indices
 from fastadv.errors import FastadvError
 
@@ -72,7 +73,8 @@ def split_root(cfg: DataConfig, split: str) -> Path:
 
 def train_transform(cfg: DataConfig) -> Callable[[Image.Image], torch.Tensor]:
     return transforms.Compose([
-        transforms.RandomResizedCrop(cfg.image_size, scale=(cfg.min_scale, 1.0), antialias=True),
+        transforms.RandomResizedCrop(cfg.image_size, scale=(cfg.min_scale, 1.0),
+                                     interpolation=pil_interpolation(cfg.interpolation), antialias=True),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
     ])
@@ -80,7 +82,7 @@ def train_transform(cfg: DataConfig) -> Callable[[Image.Image], torch.Tensor]:
 
 def val_transform(cfg: DataConfig) -> Callable[[Image.Image], torch.Tensor]:
     return transforms.Compose([
-        transforms.Resize(cfg.val_resize, antialias=True),
+        transforms.Resize(cfg.val_resize, interpolation=pil_interpolation(cfg.interpolation), antialias=True),
         transforms.CenterCrop(cfg.image_size),
         transforms.ToTensor(),
     ])

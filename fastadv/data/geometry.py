@@ -2,6 +2,7 @@
 
 random_resized_crop() draws exactly what RandomResizedCrop + RandomHorizontalFlip draw after
 torch.manual_seed(seed); resize_shorter() / center_anchor() are Resize(int) / CenterCrop.
+The resize filter is data.interpolation (bilinear | bicubic), the same in every backend but FFCV.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from torchvision import transforms
+from torchvision.transforms import InterpolationMode
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision RandomResizedCrop's aspect-ratio range
 
@@ -46,6 +48,17 @@ def random_resized_crop(width: int, height: int, seed: int, scale: tuple[float, 
     return top, left, h, w, flip
 
 
+def interpolation_name(name: str) -> str:
+    """data.interpolation as a filter name. "auto" reaches the data layer only unresolved (a config
+    saved before the option existed, a DataConfig built directly): bilinear, what those runs used."""
+    return "bilinear" if name == "auto" else name
+
+
+def pil_interpolation(name: str) -> InterpolationMode:
+    """The torchvision / PIL filter of data.interpolation."""
+    return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[interpolation_name(name)]
+
+
 def resize_shorter(width: int, height: int, size: int) -> tuple[int, int]:
     """(new_w, new_h) of torchvision Resize(size): shorter side -> size, longer side truncated."""
     if width <= height:
@@ -60,11 +73,13 @@ def center_anchor(extent: int, crop: int) -> int:
     return -((crop - extent) // 2)
 
 
-def resize_uint8(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Antialiased bilinear resize of uint8 [1,3,h,w] (PIL's BILINEAR filter, as torchvision's tensor path)."""
+def resize_uint8(x: torch.Tensor, height: int, width: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """Antialiased bilinear / bicubic resize of uint8 [1,3,h,w] (PIL's BILINEAR / BICUBIC filter, as
+    torchvision's tensor path)."""
     if x.shape[-2:] == (height, width):
         return x
-    return torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    mode = interpolation_name(interpolation)
+    return torch.nn.functional.interpolate(x, size=(height, width), mode=mode, antialias=True, align_corners=False)
 
 
 def crop_or_pad(x: torch.Tensor, left: int, top: int, size: int) -> torch.Tensor:
@@ -87,12 +102,15 @@ class Geometry:
     size: int
     resize: int = 0
     min_scale: float = 0.08
+    interpolation: str = "bilinear"  # data.interpolation
 
     def pil_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """The folder backend's transform for the same geometry (the per-batch fallback)."""
+        mode = pil_interpolation(self.interpolation)
         if self.mode == "train":
-            steps = [transforms.RandomResizedCrop(self.size, scale=(self.min_scale, 1.0), antialias=True),
+            steps = [transforms.RandomResizedCrop(self.size, scale=(self.min_scale, 1.0), interpolation=mode,
+                                                  antialias=True),
                      transforms.RandomHorizontalFlip()]
         else:
-            steps = [transforms.Resize(self.resize, antialias=True), transforms.CenterCrop(self.size)]
+            steps = [transforms.Resize(self.resize, interpolation=mode, antialias=True), transforms.CenterCrop(self.size)]
         return transforms.Compose([*steps, transforms.ToTensor()])
