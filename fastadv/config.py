@@ -135,6 +135,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # adamw
     clip_grad_norm: float = 0.0  # clip the global gradient norm to this (0 = off)
     ema_decay: float = 0.0  # EMA of the weights per step, evaluated instead of the raw weights (0 = off)
+    label_smoothing: float = 0.0  # s in [0, 1): training CE target (1 - s) onehot + s / K; attacks never smooth
 
 
 @dataclass

@@ -164,6 +164,8 @@ def _validate_models(cfg: Config) -> None:
         raise FastadvError("optim.warmup_steps and optim.warmup_epochs must be >= 0")
     if o.clip_grad_norm < 0:
         raise FastadvError(f"optim.clip_grad_norm={o.clip_grad_norm:g} must be >= 0 (0 = off)")
+    if not 0 <= o.label_smoothing < 1:
+        raise FastadvError(f"optim.label_smoothing={o.label_smoothing:g} must be in [0, 1), e.g. 0.1 (0 = off)")
     if not 0 <= o.ema_decay < 1:
         raise FastadvError(f"optim.ema_decay={o.ema_decay:g} must be in [0, 1), e.g. 0.9999 (0 = off)")
     if not all(0 <= b < 1 for b in o.betas):

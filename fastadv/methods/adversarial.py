@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastadv import compiled, kernels
+from fastadv import compiled
 from fastadv.attacks import PGD, training_attack
 from fastadv.config import Config
-from fastadv.methods.base import MethodBase, forward_and_loss
+from fastadv.methods.base import MethodBase, forward_and_loss, training_ce
 from fastadv.methods.registry import MethodSpec, method_spec
 from fastadv.models import predict_k
 
@@ -25,6 +25,7 @@ class AdversarialTraining(MethodBase):
     delta: float = 0.0  # 0 = Adv (plain label); > 0 = Adv+
     op_index: int = 0
     clean_fraction: float = 0.0  # the first round(f * B) samples are trained clean, plain label
+    label_smoothing: float = 0.0  # optim.label_smoothing: the training CE only, never the attack
 
     @classmethod
     def from_config(cls, cfg: Config, spec: MethodSpec | None = None) -> "AdversarialTraining":
@@ -36,6 +37,7 @@ class AdversarialTraining(MethodBase):
             delta=cfg.method.delta if spec.label_augmented else 0.0,
             op_index=cfg.method.op_index,
             clean_fraction=cfg.method.clean_fraction,
+            label_smoothing=cfg.optim.label_smoothing,
         )
 
     def inputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None = None,
@@ -64,11 +66,12 @@ class AdversarialTraining(MethodBase):
         x_train, ops = self.inputs(model, x, y, eps, alpha)
         ops_arg = ops if self.delta else None
         if sample_weight is None:
-            loss, logits = compiled.call(forward_and_loss, model, x_train, y, ops_arg, float(self.delta), self.num_classes)
+            loss, logits = compiled.call(forward_and_loss, model, x_train, y, ops_arg, float(self.delta),
+                                         self.num_classes, float(self.label_smoothing))
         else:
             logits = model(x_train)
-            per_sample = kernels.label_augmented_ce(logits, y, self.num_classes, op_index=ops_arg, delta=self.delta,
-                                                    reduction="none")
+            per_sample = training_ce(logits, y, self.num_classes, op_index=ops_arg, delta=self.delta,
+                                     label_smoothing=self.label_smoothing, reduction="none")
             loss = (per_sample * sample_weight).mean()
         correct = predict_k(logits.detach(), self.num_classes) == y
         adversarial = ops >= 0

@@ -6,18 +6,57 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
+def smoothed_label_augmented_ce(logits: torch.Tensor, y: torch.Tensor, num_classes: int,
+                                op_index: torch.Tensor | int | None, delta: float | torch.Tensor,
+                                label_smoothing: float, reduction: str = "mean") -> torch.Tensor:
+    """Label-augmented cross-entropy with the class part of the target smoothed, in plain torch.
+
+    y~ = concat[(1 - d) ((1 - s) onehot_K(y) + s / K), d onehot_M(j)] (d = delta where j >= 0,
+    else 0), loss = -sum y~ log softmax(z) over all K+M logits. With M = 0 (or no op) this is
+    F.cross_entropy(z, y, label_smoothing=s). The fused Triton kernel takes a one-hot class target
+    only, so smoothing always runs here (autograd through plain torch, on every device).
+    """
+    logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
+    nll_class = -logp.gather(1, y.long().view(-1, 1)).squeeze(1)
+    uniform = -logp[:, :num_classes].mean(dim=1)  # -sum_k (1 / K) log p_k over the K classes
+    loss = (1 - label_smoothing) * nll_class + label_smoothing * uniform
+    if op_index is not None and logits.shape[1] > num_classes:
+        ops = torch.as_tensor(op_index, device=logits.device).long().expand(logits.shape[0])
+        nll_op = -logp.gather(1, (num_classes + ops.clamp(min=0)).view(-1, 1)).squeeze(1)
+        d = torch.as_tensor(delta, dtype=logp.dtype, device=logits.device).expand(logits.shape[0])
+        d = torch.where(ops >= 0, d, torch.zeros_like(d))
+        loss = (1 - d) * loss + d * nll_op
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def training_ce(logits: torch.Tensor, y: torch.Tensor, num_classes: int, op_index: torch.Tensor | int | None = None,
+                delta: float | torch.Tensor = 0.0, label_smoothing: float = 0.0,
+                reduction: str = "mean") -> torch.Tensor:
+    """The training cross-entropy (optim.label_smoothing = s): never used by an attack.
+
+    s = 0: exactly `kernels.label_augmented_ce` (the fused kernel where it applies, bit-identical to
+    the loss without smoothing). s > 0: `smoothed_label_augmented_ce`, the plain-torch path on every
+    device, since the fused kernel cannot take a smoothed target."""
+    if not label_smoothing:
+        from fastadv import kernels
+
+        return kernels.label_augmented_ce(logits, y, num_classes, op_index=op_index, delta=delta, reduction=reduction)
+    return smoothed_label_augmented_ce(logits, y, num_classes, op_index, delta, label_smoothing, reduction)
+
+
 def forward_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, op_index: torch.Tensor | None, delta: float,
-                     num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training forward and its (label-augmented) cross-entropy: (loss, logits).
+                     num_classes: int, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward and its (label-augmented, optionally smoothed) cross-entropy: (loss, logits).
 
     Module-level with explicit arguments so `fastadv.compiled.call` compiles it as one graph."""
-    from fastadv import kernels
-
     logits = model(x)
-    return kernels.label_augmented_ce(logits, y, num_classes, op_index=op_index, delta=delta), logits
+    return training_ce(logits, y, num_classes, op_index, delta, label_smoothing), logits
 
 
 class Method(Protocol):

@@ -8,6 +8,8 @@
   delta <- clip(delta + alpha sign(grad_delta), -eps, eps) is carried to the next replay and the
   next minibatch (delta starts at 0, alpha = eps, the input clipped to [0, 1]: their code).
   The Trainer runs ceil(optim.epochs / m) epochs (MethodBase.replays).
+  One backward serves the attack and the weights, so optim.label_smoothing cannot stay off during
+  the attack: the registry refuses it for free / free-plus (FGSM-RS smooths its training CE only).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def fgsm_rs_from_config(cfg: Config, spec: MethodSpec) -> AdversarialTraining:
                  temperature=a.temperature, model_mode=a.model_mode, **step)
     return AdversarialTraining(attack=attack, num_classes=cfg.model.num_classes,
                                delta=cfg.method.delta if spec.label_augmented else 0.0,
-                               op_index=cfg.method.op_index, clean_fraction=cfg.method.clean_fraction)
+                               op_index=cfg.method.op_index, clean_fraction=cfg.method.clean_fraction,
+                               label_smoothing=cfg.optim.label_smoothing)
 
 
 @dataclass

@@ -128,6 +128,14 @@ def _trades_attack_options(cfg: Config) -> None:
                            "attacks, TRADES' KL attack has none; set attack.temperature=1")
 
 
+def _no_label_smoothing(cfg: Config) -> None:
+    """Free AT's attack step reads the input gradient of the training backward: smoothing would reach it."""
+    if cfg.optim.label_smoothing > 0:
+        raise FastadvError(f"method.name={cfg.method.name}: Free AT takes its attack step from the training "
+                           "backward, so optim.label_smoothing would smooth the attack too; set "
+                           "optim.label_smoothing=0 (or train fgsm-rs, whose attack has its own backward)")
+
+
 def _fawa_needs_holdout(cfg: Config) -> None:
     if cfg.cfa.fawa and cfg.train.holdout_per_class <= 0:
         raise FastadvError("cfa.fawa=true needs a held-out split: set train.holdout_per_class (CFA uses 0.02)")
@@ -157,9 +165,10 @@ for _spec in (
     MethodSpec("fgsm-rs-plus", "FGSM-RS with the label-augmented 'adv' target, K+M logits (FGSM-RS+LA)",
                _FGSM_RS, label_augmented=True, single_step=True, checks=(_one_step,), cost=_fgsm_cost),
     MethodSpec("free", "Free AT: each minibatch replayed m times, delta carried, epochs / m (Shafahi et al. 2019)",
-               _FREE, single_step=True, cost=_free_cost),
+               _FREE, single_step=True, checks=(_no_label_smoothing,), cost=_free_cost),
     MethodSpec("free-plus", "Free AT with the label-augmented 'adv' target, K+M logits (Free+LA)",
-               _FREE, label_augmented=True, single_step=True, cost=_free_cost),
+               _FREE, label_augmented=True, single_step=True, checks=(_no_label_smoothing,),
+               cost=_free_cost),
     MethodSpec("dafa-trades", "DAFA on TRADES: class weights from class similarity scale loss, eps, step (Lee et al. 2024)",
                _DAFA, inner="trades", checks=(_trades_attack_options,)),
     MethodSpec("dafa-at", "DAFA on PGD-AT: class weights from class similarity scale loss, eps, step (Lee et al. 2024)",

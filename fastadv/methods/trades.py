@@ -9,7 +9,8 @@
 
 With per-sample betas (CFA's CCR, or CFA's normalization from the first epoch) the per-sample loss
 is [CE + beta_y KL] / (1 + beta_y) (REFERENCE.md §7). A per-sample CE weight (DAFA) scales CE only,
-as rucy74/DAFA's trades_loss does. The attack's own options: attack.head is honoured (the KL over
+as rucy74/DAFA's trades_loss does; optim.label_smoothing smooths the CE term only (not the KL
+term, not the KL attack). The attack's own options: attack.head is honoured (the KL over
 the K logits or all K+M), attack.model_mode too; attack.random_start = false and
 attack.temperature != 1 are refused by the registry's check (the KL start is Gaussian, and the
 KL attack has no temperature).
@@ -35,16 +36,17 @@ TRADES_ALPHA_RATIO = 0.007 / 0.031  # their step at their eps; attack.alpha = 0 
 
 def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, num_classes: int,
                 beta: float | torch.Tensor, normalize: bool = False, kl_target: torch.Tensor | None = None,
-                ce_weight: torch.Tensor | None = None) -> torch.Tensor:
+                ce_weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean over the batch of CE(clean) + beta * KL(softmax(target) || softmax(adv)), over K logits.
 
     kl_target: the clean logits the KL compares with (their code's second clean forward; default
-    logits_clean). ce_weight: a per-sample weight of the CE term (DAFA).
+    logits_clean). ce_weight: a per-sample weight of the CE term (DAFA). label_smoothing
+    (optim.label_smoothing): smooths the natural CE term only, never the KL term or the KL attack.
     """
     clean = logits_clean[:, :num_classes].float()
     adv = logits_adv[:, :num_classes].float()
     target = clean if kl_target is None else kl_target[:, :num_classes].float()
-    ce = F.cross_entropy(clean, y, reduction="none")
+    ce = F.cross_entropy(clean, y, reduction="none", label_smoothing=label_smoothing)
     if ce_weight is not None:
         ce = ce * ce_weight
     log_p_target = F.log_softmax(target, dim=1)
@@ -57,12 +59,14 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
 
 def trades_forward_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, num_classes: int,
                         beta: float | torch.Tensor, normalize: bool, reference_forwards: bool,
-                        ce_weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        ce_weight: torch.Tensor | None,
+                        label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The train-mode forwards (x, x', and x again for their KL target) and the loss: (loss, clean, adv).
     Module-level with explicit arguments so `fastadv.compiled.call` compiles it as one graph."""
     clean, adv = model(x), model(x_adv)  # train mode (train_step): BatchNorm sees each batch alone
     target = model(x) if reference_forwards else None  # their KL target: a second forward of x
-    loss = trades_loss(clean, adv, y, num_classes, beta, normalize=normalize, kl_target=target, ce_weight=ce_weight)
+    loss = trades_loss(clean, adv, y, num_classes, beta, normalize=normalize, kl_target=target, ce_weight=ce_weight,
+                       label_smoothing=label_smoothing)
     return loss, clean, adv
 
 
@@ -78,6 +82,7 @@ class Trades(MethodBase):
     reference_forwards: bool = True  # x, x', x in train mode (their code); false: x, x'
     head: str = "k"  # the KL attack's logits: "k" or "all" (identical when M = 0)
     model_mode: str = "eval"  # the model's mode during the KL attack (theirs: eval)
+    label_smoothing: float = 0.0  # optim.label_smoothing: the natural CE term only
 
     def __post_init__(self) -> None:
         if (self.alpha is None) == (self.alpha_ratio is None):
@@ -90,7 +95,7 @@ class Trades(MethodBase):
         step = {"alpha": a.alpha} if a.alpha > 0 else {"alpha_ratio": TRADES_ALPHA_RATIO}
         return cls(eps=a.eps, steps=a.steps, num_classes=cfg.model.num_classes, beta=m.beta,
                    init_std=m.trades_init_std, reference_forwards=m.trades_reference_forwards, head=a.head,
-                   model_mode=a.model_mode, **step)
+                   model_mode=a.model_mode, label_smoothing=cfg.optim.label_smoothing, **step)
 
     def step_size(self, eps: float | torch.Tensor) -> float | torch.Tensor:
         return self.alpha if self.alpha is not None else eps * self.alpha_ratio
@@ -109,7 +114,7 @@ class Trades(MethodBase):
                                  head=self.head, model_mode=self.model_mode)
         loss, clean, adv = compiled.call(trades_forward_loss, model, x, x_adv, y, self.num_classes,
                                          self.beta if beta is None else beta, beta is not None,
-                                         self.reference_forwards, ce_weight)
+                                         self.reference_forwards, ce_weight, float(self.label_smoothing))
         correct_clean = predict_k(clean.detach(), self.num_classes) == y
         correct_adv = predict_k(adv.detach(), self.num_classes) == y
         return loss, {"train_acc": correct_clean.float().mean(), "adv_acc": correct_adv.float().mean(),
