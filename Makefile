@@ -131,10 +131,12 @@ clean-runs:  ## delete the runs folder
 # Every class-wise method on the embedded demo, several seeds, one report (issue: class-wise methods).
 METHOD_RECIPES := std adv adv-plus trades cfa-at cfa-trades adv-plus-cfa fgsm-rs fgsm-rs-plus free free-plus dafa-trades dafa-at
 SEEDS ?= 0 1 2
+# What each run is evaluated on besides clean and PGD-40 (empty: only those two, a third of the time).
+METHOD_EVAL_ARGS ?= --set eval.temperatures=0.5,2
 demo-methods: install  ## train + evaluate every method on the demo for each of SEEDS; report in RUNS/methods/report
 	@set -e; for s in $(SEEDS); do for m in $(METHOD_RECIPES); do \
 	  run=$(RUNS)/methods/demo-$$m-s$$s; resume=; test -f $$run/checkpoint.pt && resume=--resume; \
 	  $(BIN)/fastadv train --recipe demo-$$m --out $$run name=demo-$$m-s$$s train.seed=$$s train.progress=false $$resume $(ARGS); \
-	  $(BIN)/fastadv eval $$run --skip-existing --no-progress --set eval.seed=$$s --set eval.temperatures=0.5,2; \
+	  $(BIN)/fastadv eval $$run --skip-existing --no-progress --set eval.seed=$$s $(METHOD_EVAL_ARGS); \
 	done; done
 	$(BIN)/fastadv report $(foreach s,$(SEEDS),$(foreach m,$(METHOD_RECIPES),$(RUNS)/methods/demo-$(m)-s$(s))) --out $(RUNS)/methods/report
