@@ -9,9 +9,11 @@ Parts (each timed out and caught on its own; a failure is printed and recorded, 
   b  step      the compiled Adv+ training step and PGD-40 evaluation, ResNet-50 at 224,
                batch 128 and 256, under torch.cuda.set_sync_debug_mode("error")
   c  speed     images/s, peak memory, achieved TFLOP/s: fast path vs research loop vs
-               eager AMP channels_last, side by side (bench.workloads / bench.measure)
+               eager AMP channels_last, side by side (bench.workloads / bench.measure);
+               each fused kernel's GB/s as a share of the measured copy bandwidth
   d  profile   top kernels by GPU time of one compiled training step; graph breaks and
                recompiles from torch._dynamo.utils.counters
+From (b)-(d) every issue-13 target (bench/targets.py) is listed as met / NOT met / not measured.
 Without CUDA, (a) runs on the CPU (reference implementation), (b)-(d) run a tiny smoke when
 --smoke is given, and every GPU measurement is reported "skipped: no CUDA device" — never as
 passed. Writes gpu-check-<device>-<date>.json and .md into --out (default bench/results/),
@@ -36,6 +38,8 @@ from typing import Callable
 import torch
 
 from bench import gpu_check_parts as parts
+from bench import kernels_bench
+from bench import targets as bench_targets
 from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops
 from fastadv.fileio import atomic_write_text
 from fastadv.hardware import detect_cpu
@@ -102,6 +106,9 @@ def speed(device: torch.device, s: dict, out: dict) -> dict:
     out.update(matmul_peak_tflops=peak, copy_bandwidth_gbs=copy, forward_gflops_per_image=fwd, rows=[],
                note="" if gpu else "CPU smoke at tiny size: shows the code runs, not GPU speed")
     rows = out["rows"]
+    out["kernels"] = kernels_bench.add_copy_share(  # the fused kernels alone, as bench.run times them
+        kernels_bench.pgd_update_rows(device, batch, s["size"], 1, 3)
+        + kernels_bench.la_xent_rows(device, batch, 1001, 1000, 1, 3), copy)
     for variant in variants(device, compile_on_cpu=False):
         with kernel_path(variant.fused_kernels):
             setup = make_setup(variant, s["arch"], 1000, 1, batch, s["size"], device)
@@ -195,12 +202,25 @@ def main(argv: list[str] | None = None) -> int:
                 part["status"] = f"CPU smoke {part['status']}"  # never read as a GPU pass
                 part["gpu"] = SKIPPED_NO_CUDA
         result["gpu"] = SKIPPED_NO_CUDA
+    result["targets"] = targets(result, cuda)
     result["seconds"] = round(time.monotonic() - started, 1)
     json_path, md_path = write_results(result, Path(args.out))
     print(f"\nwritten: {json_path}\n         {md_path}", flush=True)
     for name, part in result["parts"].items():
         print(f"  {name:8s} {part['status']}" + (f" ({part['gpu']} for the GPU measurement)" if "gpu" in part else ""))
+    print("targets (issue 13):")
+    for t in result["targets"]:
+        print("  " + bench_targets.line(t))
     return 0
+
+
+def targets(result: dict, cuda: bool) -> list[dict]:
+    """Issue 13's GPU targets from the speed, step and profile parts (missing part: not measured)."""
+    p = result["parts"]
+    speed_part = p.get("speed", {}).get("result") or {}
+    return bench_targets.gpu_targets(speed_part.get("rows", []), speed_part.get("kernels", []), cuda=cuda,
+                                     size=result["sizes"]["size"], steps=p.get("step", {}).get("checks"),
+                                     profile=p.get("profile", {}).get("result"))
 
 
 def write_results(result: dict, out: Path) -> tuple[Path, Path]:
@@ -233,6 +253,11 @@ def markdown(result: dict) -> str:
                 return f"{v:.{p}f}" if isinstance(v, float) else "—"
             lines.append(f"| {r['workload']} | {r['variant']} | {f(r.get('images_per_sec'))} | {f(r.get('peak_memory_mib'), 0)} "
                          f"| {f(r.get('tflops'), 2)} | {f(r.get('x_research'), 2)} | {f(r.get('x_eager-amp-cl'), 2)} |")
+    if result.get("targets"):
+        lines += ["", "## Targets (issue 13)", "", "| target | value | met |", "|---|---|---|"]
+        for t in result["targets"]:
+            v = t["value"]
+            lines.append(f"| {t['target']} | {'—' if v is None else f'{v:.2f}'} | {bench_targets.verdict(t)} |")
     failures = [(n, c) for n, p in result["parts"].items() for c in p.get("checks", []) if c["status"] != "passed"]
     if failures:
         lines += ["", "## Failed checks", ""] + [f"- {n}: {c['check']}: {c['status']}" for n, c in failures]

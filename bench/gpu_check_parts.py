@@ -208,10 +208,13 @@ def train_and_eval_checks(device: torch.device, arch: str, size: int, batches: l
                     x_adv = eval_attack(compiled, x, y)
                     with torch.no_grad():
                         pred = compiled(x_adv)[:, : cfg.model.num_classes].argmax(1)
-            return {"pgd_steps": cfg.eval.steps, "robust_acc_random_model": float((pred == y).float().mean())}
+            return {"pgd_steps": cfg.eval.steps, "robust_acc_random_model": float((pred == y).float().mean()),
+                    "sync_debug": "error" if device.type == "cuda" else "not available on CPU"}
 
         run_check(f"adv-plus train_step {arch} {size}px batch {batch}", step, rows)
+        rows[-1].update(kind="train_step", size=size, batch=batch)  # what bench/targets.py judges
         run_check(f"PGD-{cfg.eval.steps} eval {arch} {size}px batch {batch}", evaluate, rows)
+        rows[-1].update(kind="pgd_eval", size=size, batch=batch)
     return rows
 
 
@@ -248,7 +251,7 @@ def profile_step(device: torch.device, arch: str, size: int, batch: int, steps: 
         "unique_graphs": counters["stats"].get("unique_graphs", 0),
         "recompiles": sum(v for k, v in counters["recompiles"].items()) if "recompiles" in counters else 0,
         "dynamo_stats": dict(counters["stats"]),
-        "compiled": device.type == "cuda",
+        "compiled": device.type == "cuda", "size": size, "batch": batch,
     }
 
 

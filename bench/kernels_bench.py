@@ -63,3 +63,10 @@ def la_xent_rows(device: torch.device, batch: int, num_outputs: int, num_classes
         rows.append({"kernel": "label_augmented_ce (fwd+bwd)", "path": path, "shape": list(logits.shape),
                      "seconds": t.median_s, "gb_per_s": moved / t.median_s / 1e9})
     return rows
+
+
+def add_copy_share(rows: list[dict], copy_gbs: float) -> list[dict]:
+    """Each kernel row's GB/s as a percentage of the measured copy bandwidth (in place)."""
+    for k in rows:
+        k["percent_of_copy_bandwidth"] = 100 * k["gb_per_s"] / copy_gbs
+    return rows

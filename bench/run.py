@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import kernels_bench, loaders
+from bench import targets as bench_targets
 from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, time_it
 from bench.workloads import FORWARDS_PER_IMAGE, WORKLOADS, describe_path, kernel_path, make_setup, variants, workload
 from fastadv.hardware import detect_cpu
@@ -122,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         kb = max(batches)
         kernels += kernels_bench.pgd_update_rows(device, kb, 224 if gpu else 112, warmup, repeats)
         kernels += kernels_bench.la_xent_rows(device, 256 if gpu else 64, num_classes + num_aux, num_classes, warmup, repeats)
-        for k in kernels:
-            k["percent_of_copy_bandwidth"] = 100 * k["gb_per_s"] / copy_bw
+        kernels_bench.add_copy_share(kernels, copy_bw)
 
     loader_rows: list[dict] = []
     if not args.skip_loaders:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": {v.name: {"channels_last": v.channels_last, "amp": str(v.amp), "compile": v.compile,
                               "fused_kernels": v.fused_kernels, "path": paths[v.name]} for v in chosen},
         "results": rows, "kernels": kernels, "loaders": loader_rows,
-        "targets": targets(rows, kernels, gpu, size) + loader_targets(loader_rows, gpu),
+        "targets": targets(rows, kernels, gpu, size, cpu.has_native_bf16) + loader_targets(loader_rows, gpu),
     }
     print_table(result)
     out = Path(args.out)
@@ -168,52 +168,19 @@ def add_ratios(rows: list[dict]) -> None:
             r[f"x_{base}"] = r["images_per_sec"] / ref["images_per_sec"] if ref else None
 
 
-def targets(rows: list[dict], kernels: list[dict], gpu: bool, size: int) -> list[dict]:
-    """The fast-path issue's targets, each with the measured value and met / not met."""
-    def find(workload: str, variant: str, batch: int | None = None):
-        cands = [r for r in rows if r["workload"] == workload and r["variant"] == variant
-                 and (batch is None or r["batch"] == batch)]
-        return max(cands, key=lambda r: r["batch"]) if cands else None
-
-    out = []
+def targets(rows: list[dict], kernels: list[dict], gpu: bool, size: int, native_bf16: bool) -> list[dict]:
+    """Issue 13's targets (bench/targets.py), each with the measured value and met / not met."""
     if not gpu:
-        for r in rows:  # the fast path never loses to the research loop, on every workload
-            if r["variant"] == "fastadv" and r["x_research"]:
-                out.append({"target": f"CPU: {r['workload']} (batch {r['batch']}) >= 1.0x research loop",
-                            "value": r["x_research"], "met": r["x_research"] >= 1.0})
-        if detect_cpu().has_native_bf16:
-            for name in ("pgd10_attack", "adv_plus_train_step"):
-                r = find(name, "fastadv")
-                if r and r["x_research"]:
-                    out.append({"target": f"CPU with native bf16: {name} >= 2x the fp32 research loop",
-                                "value": r["x_research"], "met": r["x_research"] >= 2.0})
-        return out
-    big = 256 if size == 224 else None
-    r = find("adv_plus_train_step", "fastadv", big)
-    if r:
-        out.append({"target": "GPU: PGD-10 Adv+ training >= 600 img/s (224, batch 256)", "value": r["images_per_sec"],
-                    "met": r["images_per_sec"] >= 600 and size == 224 and r["batch"] == 256})
-        for base, need in (("research", 3.0), ("eager-amp-cl", 1.25)):
-            v = r[f"x_{base}"]
-            if v:
-                out.append({"target": f"GPU: Adv+ training >= {need}x {base}", "value": v, "met": v >= need})
-        s = find("std_train_step", "fastadv", r["batch"])
-        if s:
-            ratio = r["peak_memory_mib"] / s["peak_memory_mib"]
-            out.append({"target": "GPU: PGD-10 step peak memory <= 1.15x standard step", "value": ratio, "met": ratio <= 1.15})
-    for k in kernels:
-        if k["kernel"] == "pgd_update" and k["path"] == "triton":
-            v = k["percent_of_copy_bandwidth"]
-            out.append({"target": "GPU: pgd_update >= 80% of copy bandwidth", "value": v, "met": v >= 80})
-    return out
+        return bench_targets.cpu_targets(rows, native_bf16)
+    return bench_targets.gpu_targets(rows, kernels, cuda=True, size=size)
 
 
 def loader_targets(rows: list[dict], gpu: bool) -> list[dict]:
     """The data issue's CPU targets: DALI-CPU and FFCV each >= 1.8x the torchvision folder loader."""
     if gpu:
         return []
-    return [{"target": f"CPU: {r['backend']} loader >= 1.8x folder (same workers)", "value": r["x_folder"],
-             "met": r["x_folder"] >= 1.8} for r in rows if r.get("backend") in ("dali", "ffcv") and "x_folder" in r]
+    return [bench_targets.entry(f"CPU: {r['backend']} loader >= 1.8x folder (same workers)", r["x_folder"],
+                                r["x_folder"] >= 1.8) for r in rows if r.get("backend") in ("dali", "ffcv") and "x_folder" in r]
 
 
 def print_table(result: dict) -> None:
@@ -238,7 +205,7 @@ def print_table(result: dict) -> None:
             else:
                 print(f"{r['backend']:8s} failed: {r.get('error')}")
     for t in result["targets"]:
-        print(f"target {'MET    ' if t['met'] else 'NOT MET'} {t['target']}: {t['value']:.2f}")
+        print(bench_targets.line(t))
 
 
 if __name__ == "__main__":

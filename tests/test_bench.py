@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from bench import run
+from bench import run, targets
 from bench.workloads import EPS, Variant, make_setup, research_pgd, workload
 from fastadv.attacks import pgd_linf
 
@@ -52,3 +53,97 @@ def test_bench_writes_json(tmp_path):
     for name, variant in result["variants"].items():
         assert set(variant["path"]) == {"dtype", "channels_last", "compiled", "compile_mode", "kernels"}, name
         assert variant["path"]["kernels"] == "reference"  # no CUDA here: the Triton kernels are not used
+
+
+# ---------------------------------------------------------------- bench/targets.py on hand-made rows
+def _gpu_measured(**change) -> dict:
+    """One H100/H200 measurement meeting every issue-13 target; `change` lowers one number."""
+    v = {"ips": 950.0, "x_eager": 1.4, "eval_ips": 320.0, "adv_mib": 11000.0, "kernel": 85.0, "graph_breaks": 0,
+         "step_status": "passed", **change}
+    rows = [{"workload": "adv_plus_train_step", "variant": "fastadv", "batch": 256, "images_per_sec": v["ips"],
+             "peak_memory_mib": v["adv_mib"], "x_research": 4.0, "x_eager-amp-cl": v["x_eager"]},
+            {"workload": "std_train_step", "variant": "fastadv", "batch": 256, "images_per_sec": 3000.0,
+             "peak_memory_mib": 10000.0, "x_research": 2.0, "x_eager-amp-cl": 1.2},
+            {"workload": "pgd40_eval", "variant": "fastadv", "batch": 256, "images_per_sec": v["eval_ips"],
+             "peak_memory_mib": 6000.0, "x_research": 4.0, "x_eager-amp-cl": 1.3},
+            {"workload": "adv_plus_train_step", "variant": "eager-amp-cl", "batch": 256, "images_per_sec": 50.0,
+             "peak_memory_mib": 99999.0}]
+    kernels = [{"kernel": "pgd_update", "path": "reference", "percent_of_copy_bandwidth": 20.0},
+               {"kernel": "pgd_update", "path": "triton", "percent_of_copy_bandwidth": v["kernel"]},
+               {"kernel": "label_augmented_ce (fwd+bwd)", "path": "triton", "percent_of_copy_bandwidth": 90.0}]
+    steps = [{"check": "adv-plus train_step resnet50 224px batch 256", "status": v["step_status"], "kind": "train_step",
+              "size": 224, "batch": 256, "sync_debug": "error"},
+             {"check": "PGD-40 eval resnet50 224px batch 256", "status": "passed", "kind": "pgd_eval", "size": 224,
+              "batch": 256, "sync_debug": "error"}]
+    profile = {"graph_breaks": v["graph_breaks"], "recompiles": 0, "compiled": True, "size": 224, "batch": 256}
+    return {"rows": rows, "kernels": kernels, "steps": steps, "profile": profile}
+
+
+def _gpu_targets(m: dict, cuda: bool = True, size: int = 224) -> list[dict]:
+    return targets.gpu_targets(m["rows"], m["kernels"], cuda=cuda, size=size, steps=m["steps"], profile=m["profile"])
+
+
+def test_targets_all_met_on_a_gpu_measurement_meeting_every_number():
+    out = _gpu_targets(_gpu_measured())
+    assert len(out) == 8  # 4 speed / memory, 2 kernels, graph breaks, host syncs
+    assert all(t["met"] is True and t["status"] == "met" for t in out), out
+    memory = next(t for t in out if "peak memory" in t["target"])
+    assert abs(memory["value"] - 1.1) < 1e-9  # 11000 / 10000: the fast path's own standard step
+
+
+@pytest.mark.parametrize("change, which", [
+    ({"ips": 899.0}, "900 img/s"),
+    ({"x_eager": 1.29}, "1.3x eager-amp-cl"),
+    ({"eval_ips": 299.0}, "PGD-40"),
+    ({"adv_mib": 11600.0}, "peak memory"),  # 1.16x the standard step
+    ({"kernel": 79.0}, "pgd_update"),
+    ({"graph_breaks": 1}, "graph breaks"),
+    ({"step_status": "failed: RuntimeError: called a synchronizing CUDA operation"}, "host syncs"),
+])
+def test_targets_one_number_below_is_not_met(change, which):
+    out = _gpu_targets(_gpu_measured(**change))
+    missed = [t for t in out if t["met"] is not True]
+    assert len(missed) == 1 and which in missed[0]["target"], missed
+    assert missed[0]["met"] is False and missed[0]["status"] == "NOT met"
+
+
+def test_targets_missing_measurements_are_not_measured_never_met():
+    out = targets.gpu_targets([], [], cuda=True, size=224)
+    assert len(out) == 7 and all(t["met"] is None and t["value"] is None and t["status"] == "not measured" for t in out)
+    m = _gpu_measured()
+    m["rows"] = [r for r in m["rows"] if r["workload"] != "std_train_step"]  # no standard step: no memory ratio
+    m["profile"] = None
+    m["steps"][0]["status"] = "failed: OutOfMemoryError: CUDA out of memory"  # failed, but not on a host sync
+    by = {t["target"]: t for t in _gpu_targets(m)}
+    missing = {name for name, t in by.items() if t["met"] is None}
+    assert missing == {name for name in by if "peak memory" in name or "graph breaks" in name or "host syncs" in name}
+    assert all(by[name]["status"].startswith("not measured") for name in missing)
+
+
+def test_targets_cpu_or_other_size_never_claims_a_gpu_target():
+    m = _gpu_measured()  # numbers that would meet every target ...
+    for r in m["rows"]:
+        r["batch"] = 8
+    for c in m["steps"]:
+        c.update(size=64, batch=8, sync_debug="not available on CPU")
+    m["profile"].update(size=64, batch=8, compiled=False)
+    out = _gpu_targets(m, cuda=False, size=64)  # ... measured on the CPU at 64 px
+    assert out and all(t["met"] is None and t["status"] == targets.NOT_ON_GPU for t in out), out
+    at_224_on_cuda = _gpu_measured()
+    for r in at_224_on_cuda["rows"]:
+        r["batch"] = 128  # CUDA, but not batch 256
+    assert all(t["met"] is None for t in _gpu_targets(at_224_on_cuda)[:4])
+    assert {t["status"] for t in _gpu_targets(_gpu_measured(), size=64)[:4]} == {targets.NOT_AT_SIZE}
+
+
+def test_cpu_targets_every_workload_and_bf16():
+    rows = [{"workload": "pgd10_attack", "variant": "fastadv", "batch": 8, "images_per_sec": 10.0, "x_research": 2.5},
+            {"workload": "std_train_step", "variant": "fastadv", "batch": 8, "images_per_sec": 10.0, "x_research": 0.9},
+            {"workload": "pgd10_attack", "variant": "research", "batch": 8, "images_per_sec": 4.0, "x_research": 1.0}]
+    out = targets.cpu_targets(rows, native_bf16=False)
+    assert [(t["target"], t["met"]) for t in out] == [("CPU: pgd10_attack (batch 8) >= 1.0x research loop", True),
+                                                       ("CPU: std_train_step (batch 8) >= 1.0x research loop", False)]
+    bf16 = {t["target"]: t for t in targets.cpu_targets(rows, native_bf16=True)[2:]}
+    assert bf16["CPU with native bf16: pgd10_attack >= 2x the fp32 research loop"]["met"] is True
+    assert bf16["CPU with native bf16: adv_plus_train_step >= 2x the fp32 research loop"]["met"] is None  # not run
+    assert targets.line(out[1]).startswith("target NOT MET CPU: std_train_step") and "0.90" in targets.line(out[1])
