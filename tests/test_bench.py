@@ -107,6 +107,18 @@ def test_targets_one_number_below_is_not_met(change, which):
     assert missed[0]["met"] is False and missed[0]["status"] == "NOT met"
 
 
+def test_kernel_target_is_judged_on_the_largest_shape_measured():
+    """A launch-bound small shape beside a bandwidth-bound large one: the large one decides."""
+    small = {"kernel": "label_augmented_ce (fwd+bwd)", "path": "triton", "shape": [256, 1001],
+             "percent_of_copy_bandwidth": 12.0}
+    large = dict(small, shape=[8192, 1001], percent_of_copy_bandwidth=85.0)
+    for rows in ([small, large], [large, small]):
+        (t,) = targets.kernel_targets(rows, cuda=True)
+        assert t["met"] is True and t["value"] == 85.0
+    (t,) = targets.kernel_targets([small, dict(large, percent_of_copy_bandwidth=70.0)], cuda=True)
+    assert t["met"] is False and t["value"] == 70.0
+
+
 def test_targets_missing_measurements_are_not_measured_never_met():
     out = targets.gpu_targets([], [], cuda=True, size=224)
     assert len(out) == 7 and all(t["met"] is None and t["value"] is None and t["status"] == "not measured" for t in out)
