@@ -40,7 +40,7 @@ import torch
 from bench import gpu_check_parts as parts
 from bench import kernels_bench
 from bench import targets as bench_targets
-from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops
+from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, unused_stem
 from fastadv.fileio import atomic_write_text
 from fastadv.hardware import detect_cpu
 
@@ -230,11 +230,7 @@ def write_results(result: dict, out: Path) -> tuple[Path, Path]:
     """gpu-check-<device>-<date>[-n].json and .md, never replacing an earlier pair."""
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", str(result["device"]["name"]).lower()).strip("-")
-    stem = f"gpu-check-{slug}-{result['date']}"
-    n = 1
-    while (out / f"{stem}.json").exists() or (out / f"{stem}.md").exists():
-        n += 1
-        stem = f"gpu-check-{slug}-{result['date']}-{n}"
+    stem = unused_stem(out, f"gpu-check-{slug}-{result['date']}", (".json", ".md"))
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     atomic_write_text(json_path, json.dumps(result, indent=2, default=str))
     atomic_write_text(md_path, markdown(result))

@@ -113,3 +113,13 @@ def device_facts(device: torch.device) -> dict[str, object]:
             pass
         facts.update(name=name, kind="cpu", cores=os.cpu_count())
     return facts
+
+
+def unused_stem(folder: Path, stem: str, suffixes: tuple[str, ...]) -> str:
+    """`stem`, or `stem-2`, `stem-3`, ... : the first for which no `folder/stem+suffix` exists, so a
+    result written on the same day never replaces an earlier one."""
+    candidate, n = stem, 1
+    while any((folder / f"{candidate}{s}").exists() for s in suffixes):
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate

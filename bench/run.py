@@ -3,9 +3,9 @@
     python -m bench.run                  # CPU: ResNet-50 at 64 px, batch 8; GPU: 224 px, batch 64/128/256
     python -m bench.run --size 224 --batch 256 --workloads adv_plus_train_step
 
-Prints a table and writes JSON to bench/results/<device>-<date>.json. Warm-up calls are
-excluded; each number is the median of repeated runs. The cost model is REFERENCE.md §8:
-one forward's FLOPs are counted by torch.utils.flop_counter at the benchmarked size.
+Prints a table and writes JSON to bench/results/<device>-<date>.json (-2, -3, ... when that
+exists: a result is never replaced). Warm-up calls are excluded; each number is the median of
+repeated runs. The cost model is REFERENCE.md §8: one forward's FLOPs are counted by torch.utils.flop_counter at the benchmarked size.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import kernels_bench, loaders
 from bench import targets as bench_targets
-from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, time_it
+from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, time_it, unused_stem
 from bench.workloads import FORWARDS_PER_IMAGE, WORKLOADS, describe_path, kernel_path, make_setup, variants, workload
 from fastadv.hardware import detect_cpu
 from fastadv.config import ModelConfig
+from fastadv.fileio import atomic_write_text
 from fastadv.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -148,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", str(facts["name"]).lower()).strip("-")
-    path = out / f"{slug}-{result['date']}.json"
-    path.write_text(json.dumps(result, indent=2))
+    stem = unused_stem(out, f"{slug}-{result['date']}", (".json",))  # never replaces an earlier result
+    path = out / f"{stem}.json"
+    atomic_write_text(path, json.dumps(result, indent=2))
     print(f"\nwritten: {path}")
     return 0
 

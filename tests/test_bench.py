@@ -37,12 +37,13 @@ def test_every_workload_runs_for_every_variant():
 
 
 def test_bench_writes_json(tmp_path):
-    code = run.main(["--device", "cpu", "--arch", "resnet18", "--size", "16", "--batch", "2", "--repeats", "1",
-                     "--warmup", "1", "--no-compile-on-cpu", "--skip-loaders", "--workloads", "pgd10_attack", "std_train_step",
-                     "--out", str(tmp_path)])
+    args = ["--device", "cpu", "--arch", "resnet18", "--size", "16", "--batch", "2", "--repeats", "1", "--warmup", "1",
+            "--no-compile-on-cpu", "--skip-loaders", "--workloads", "pgd10_attack", "std_train_step", "--out", str(tmp_path)]
+    code = run.main(args)
     assert code == 0
     (path,) = tmp_path.glob("*.json")
-    result = json.loads(path.read_text())
+    first = path.read_bytes()
+    result = json.loads(first)
     assert result["device"]["kind"] == "cpu" and result["image_size"] == 16
     assert {r["variant"] for r in result["results"]} == {"research", "eager-amp-cl", "fastadv"}
     for r in result["results"]:
@@ -53,6 +54,9 @@ def test_bench_writes_json(tmp_path):
     for name, variant in result["variants"].items():
         assert set(variant["path"]) == {"dtype", "channels_last", "compiled", "compile_mode", "kernels"}, name
         assert variant["path"]["kernels"] == "reference"  # no CUDA here: the Triton kernels are not used
+    assert run.main(args) == 0  # the same day again: a second file, the first untouched
+    assert {p.name for p in tmp_path.glob("*.json")} == {path.name, path.stem + "-2.json"}
+    assert path.read_bytes() == first
 
 
 # ---------------------------------------------------------------- bench/targets.py on hand-made rows
@@ -159,3 +163,15 @@ def test_cpu_targets_every_workload_and_bf16():
     assert bf16["CPU with native bf16: pgd10_attack >= 2x the fp32 research loop"]["met"] is True
     assert bf16["CPU with native bf16: adv_plus_train_step >= 2x the fp32 research loop"]["met"] is None  # not run
     assert targets.line(out[1]).startswith("target NOT MET CPU: std_train_step") and "0.90" in targets.line(out[1])
+
+
+def test_results_never_replace_an_earlier_file(tmp_path):
+    """bench.run and gpu-check name a same-day result -2, -3, ...; the earlier file stays byte-identical."""
+    from bench.measure import unused_stem
+
+    assert unused_stem(tmp_path, "cpu-2026-12-03", (".json",)) == "cpu-2026-12-03"
+    (tmp_path / "cpu-2026-12-03.json").write_text("first")
+    (tmp_path / "cpu-2026-12-03-2.md").write_text("second")
+    assert unused_stem(tmp_path, "cpu-2026-12-03", (".json",)) == "cpu-2026-12-03-2"
+    assert unused_stem(tmp_path, "cpu-2026-12-03", (".json", ".md")) == "cpu-2026-12-03-3"
+    assert (tmp_path / "cpu-2026-12-03.json").read_text() == "first"
