@@ -35,6 +35,35 @@ def whole_step_supported() -> bool:
     return hasattr(torch._dynamo.config, "trace_autograd_ops")
 
 
+ISA_TAG_PREFIX = "fastadv-cpu-vec-isa="
+
+
+def key_compile_caches_by_cpu_isa() -> str:
+    """Add the CPU vector ISA inductor picked for this process to torch.compile's cache key; returns the tag.
+
+    Why: inductor writes its C++ kernels for the ISA it picks per process (ATEN_CPU_CAPABILITY, else
+    its probe, which also falls back to a lower ISA when its 60 s dlopen check times out on a loaded
+    machine), but its on-disk cache key leaves the ISA out. A graph cached by an AVX-512 process and
+    loaded by an AVX2 one ran with the wrong vector width on torch 2.15 and returned garbage (NaN,
+    an index of -8 in a scatter; tests/test_switches.py). Idempotent; a PyTorch without
+    `torch.compiler.config.cache_key_tag` is left as it is.
+    """
+    config = getattr(torch.compiler, "config", None)
+    if config is None or not hasattr(config, "cache_key_tag"):
+        return ""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    tag = f"{ISA_TAG_PREFIX}{pick_vec_isa() or 'none'}"
+    kept = [t for t in config.cache_key_tag.split(",") if t and not t.startswith(ISA_TAG_PREFIX)]
+    config.cache_key_tag = ",".join([*kept, tag])
+    return tag
+
+
+def _on_cpu(module: nn.Module) -> bool:
+    first = next(iter(module.parameters()), None)
+    return first is None or first.device.type == "cpu"
+
+
 class CompiledModel(nn.Module):
     """`module` with a compiled forward; `whole_step` asks attacks/methods for their compiled loops.
 
@@ -46,6 +75,8 @@ class CompiledModel(nn.Module):
         self.module = module
         self.compile_mode = mode
         self.whole_step = whole_step and whole_step_supported()
+        if _on_cpu(module):
+            key_compile_caches_by_cpu_isa()
         object.__setattr__(self, "_forward", torch.compile(module, mode=mode))  # not a submodule: no duplicate keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,10 @@ def maybe_compile(model: torch.nn.Module, setting: str, mode: str, device: torch
     if not compile_enabled(setting, device):
         return model
     if not whole_step:
+        if device.type == "cpu":
+            from fastadv.compiled import key_compile_caches_by_cpu_isa
+
+            key_compile_caches_by_cpu_isa()
         return torch.compile(model, mode=mode)
     from fastadv.compiled import CompiledModel
 

@@ -31,19 +31,28 @@ def losses(tmp_path, name, *switches):
 KERNEL_PATHS = {"this-cpu": None, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 
 
-def losses_on(kernels: str, tmp_path, name, *switches) -> list[float]:
-    """`losses` on a kernel path of KERNEL_PATHS (the others through `python -m fastadv train`)."""
-    env = KERNEL_PATHS[kernels]
-    if env is None:
-        return losses(tmp_path, name, *switches)
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the AVX2 kernel path exists on x86-64 only")
+def on_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def losses_in_subprocess(tmp_path, name, env: dict[str, str], *switches) -> list[float]:
+    """`losses` through `python -m fastadv train`, with `env` added to the environment."""
     out = tmp_path / name
     cmd = [sys.executable, "-m", "fastadv", "train", "--recipe", "demo-adv-plus", "--out", str(out), *BASE, *switches]
-    done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(s) for s in (out / "train.jsonl").read_text().splitlines()]
     return [r["loss"] for r in lines if r["event"] == "train"]
+
+
+def losses_on(kernels: str, tmp_path, name, *switches) -> list[float]:
+    """`losses` on a kernel path of KERNEL_PATHS (the others through a subprocess)."""
+    env = KERNEL_PATHS[kernels]
+    if env is None:
+        return losses(tmp_path, name, *switches)
+    if not on_x86():
+        pytest.skip("the AVX2 kernel path exists on x86-64 only")
+    return losses_in_subprocess(tmp_path, name, env, *switches)
 
 
 @pytest.mark.parametrize("kernels", KERNEL_PATHS)
@@ -85,6 +94,50 @@ def test_compiled_training_matches_eager(tmp_path):
     # After one update, fused kernels' rounding flips the sign of a few tiny input-gradient
     # entries, so the adversarial examples and losses drift apart slightly.
     assert got == pytest.approx(ref, rel=2e-2)
+
+
+@pytest.mark.slow
+def test_compile_cache_written_on_one_cpu_isa_is_not_reused_on_another(tmp_path):
+    """Two compiled runs share one inductor cache: this CPU's vector ISA first, then the AVX2 path.
+
+    Inductor's cache key leaves the ISA out; without fastadv's tag (fastadv.compiled.
+    key_compile_caches_by_cpu_isa) the second run loaded kernels written for AVX-512, compiled them
+    for AVX2 and failed ("index -8 is out of bounds" in a scatter, NaN in its input). A process whose
+    ISA probe times out on a loaded machine falls back the same way. ~3 min of compiling.
+    """
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    if not on_x86():
+        pytest.skip("the AVX2 kernel path exists on x86-64 only")
+    native = str(pick_vec_isa())
+    if not native or native.startswith("avx2"):
+        pytest.skip(f"this CPU's vector ISA is {native or 'none'}: there is no other ISA to share a cache with")
+    cache = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache")}
+    ref = losses(tmp_path, "eager", "train.compile=false")
+    first = losses_in_subprocess(tmp_path, "native", cache, "train.compile=true")
+    second = losses_in_subprocess(tmp_path, "avx2", {**cache, "ATEN_CPU_CAPABILITY": "avx2"}, "train.compile=true")
+    for got in (first, second):
+        assert got[0] == pytest.approx(ref[0], rel=1e-4)
+        assert got == pytest.approx(ref, rel=2e-2)
+
+
+def test_compile_cache_key_carries_the_cpu_isa():
+    """The tag names pick_vec_isa()'s ISA, keeps a user's own tags, and is set once however often it is asked."""
+    import torch
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    from fastadv import compiled
+
+    config = torch.compiler.config
+    saved = config.cache_key_tag
+    try:
+        config.cache_key_tag = "mine"
+        tag = compiled.key_compile_caches_by_cpu_isa()
+        compiled.CompiledModel(torch.nn.Linear(2, 2))  # a CPU model: tags too
+        assert tag == f"{compiled.ISA_TAG_PREFIX}{pick_vec_isa() or 'none'}"
+        assert config.cache_key_tag == f"mine,{tag}"
+    finally:
+        config.cache_key_tag = saved
 
 
 def test_fp16_autocast_with_grad_scaler_trains(tmp_path):
