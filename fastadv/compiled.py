@@ -42,8 +42,8 @@ def key_compile_caches_by_cpu_isa() -> str:
     """Add the CPU vector ISA inductor picked for this process to torch.compile's cache key; returns the tag.
 
     Why: inductor writes its C++ kernels for the ISA it picks per process (ATEN_CPU_CAPABILITY, else
-    its probe, which also falls back to a lower ISA when its 60 s dlopen check times out on a loaded
-    machine), but its on-disk cache key leaves the ISA out. A graph cached by an AVX-512 process and
+    its probe, which by its code also falls back to a lower ISA when its 60 s dlopen check times out
+    on a loaded machine), but its on-disk cache key leaves the ISA out. A graph cached by an AVX-512 process and
     loaded by an AVX2 one ran with the wrong vector width on torch 2.15 and returned garbage (NaN,
     an index of -8 in a scatter; tests/test_switches.py). Idempotent; a PyTorch without
     `torch.compiler.config.cache_key_tag` is left as it is.

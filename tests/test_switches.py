@@ -102,8 +102,8 @@ def test_compile_cache_written_on_one_cpu_isa_is_not_reused_on_another(tmp_path)
 
     Inductor's cache key leaves the ISA out; without fastadv's tag (fastadv.compiled.
     key_compile_caches_by_cpu_isa) the second run loaded kernels written for AVX-512, compiled them
-    for AVX2 and failed ("index -8 is out of bounds" in a scatter, NaN in its input). A process whose
-    ISA probe times out on a loaded machine falls back the same way. ~3 min of compiling.
+    for AVX2 and failed ("index -8 is out of bounds" in a scatter, NaN in its input). By inductor's
+    code, a process whose ISA probe times out on a loaded machine falls back the same way. ~3 min of compiling.
     """
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
