@@ -5,7 +5,8 @@
 
 Prints a table and writes JSON to bench/results/<device>-<date>.json (-2, -3, ... when that
 exists: a result is never replaced). Warm-up calls are excluded; each number is the median of
-repeated runs. The cost model is REFERENCE.md §8: one forward's FLOPs are counted by torch.utils.flop_counter at the benchmarked size.
+repeated runs. The cost model is REFERENCE.md §8: one forward's FLOPs are counted by
+torch.utils.flop_counter at the benchmarked size.
 """
 
 from __future__ import annotations
