@@ -41,8 +41,8 @@ from bench import gpu_check_parts as parts
 from bench import kernels_bench
 from bench import targets as bench_targets
 from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, unused_stem
-from fastadv.fileio import atomic_write_text
-from fastadv.hardware import detect_cpu
+from fastadv.runtime.fileio import atomic_write_text
+from fastadv.runtime.hardware import detect_cpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SKIPPED_NO_CUDA = "skipped: no CUDA device"

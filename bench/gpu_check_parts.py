@@ -157,11 +157,11 @@ def build_adv_plus(device: torch.device, arch: str, size: int, steps: int):
     from fastadv.config import load_config
     from fastadv.methods import build_method
     from fastadv.models import build_model
-    from fastadv.runtime import amp_dtype
+    from fastadv.runtime.device import amp_dtype
 
     cfg = load_config("imagenet-adv-plus", ["model.pretrained=false", f"model.arch={arch}", f"data.image_size={size}",
                                             f"attack.steps={steps}", f"eval.steps={max(steps, 1) * 4}"])
-    from fastadv.runtime import maybe_compile
+    from fastadv.runtime.device import maybe_compile
 
     model = build_model(cfg.model).to(device).to(memory_format=torch.channels_last)
     compiled = maybe_compile(model, "auto", "default", device)  # the whole-step path on CUDA (model-only on torch < trace_autograd_ops)
@@ -174,8 +174,8 @@ def build_adv_plus(device: torch.device, arch: str, size: int, steps: int):
 def train_and_eval_checks(device: torch.device, arch: str, size: int, batches: list[int], steps: int) -> list[dict]:
     """The compiled Adv+ training step and PGD-40 evaluation, under sync-debug 'error' on CUDA."""
     from fastadv.attacks import PGD
-    from fastadv.runtime import autocast
-    from fastadv.suites import eval_step_size
+    from fastadv.runtime.device import autocast
+    from fastadv.eval.suites import eval_step_size
     from fastadv.train import train_step
     from fastadv.train.step import FiniteGuard
 
@@ -195,7 +195,7 @@ def train_and_eval_checks(device: torch.device, arch: str, size: int, batches: l
             guard.check()
             if not torch.isfinite(loss):
                 raise AssertionError(f"non-finite loss {loss.item()}")
-            from fastadv.compiled import compile_mode_of
+            from fastadv.runtime.compiled import compile_mode_of
 
             return {"loss": float(loss.detach()), "compile_mode": compile_mode_of(compiled),
                     "sync_debug": "error" if device.type == "cuda" else "not available on CPU"}

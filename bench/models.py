@@ -6,7 +6,7 @@
 Times fastadv.train.train_step (the Trainer's step) with Adv+ (PGD-10 on all K+M logits,
 K = 1000, M = 1), the recipe's optimizer (SGD for ResNet-50, AdamW for the others), AMP on
 CUDA, eager. Each architecture runs with channels_last on and off, so the rows show the
-per-family choice fastadv.model_zoo makes (marked `*`). Prints a table; --json writes one.
+per-family choice fastadv.models.zoo makes (marked `*`). Prints a table; --json writes one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fastadv.attacks import PGD
 from fastadv.config import ModelConfig, OptimConfig
 from fastadv.methods.adversarial import AdversarialTraining
 from fastadv.models import build_model
-from fastadv.optim import build_optimizer
+from fastadv.train.optim import build_optimizer
 from fastadv.train import train_step
 
 DEFAULT_ARCHS = ["resnet50", "timm:convnext_tiny", "timm:vit_small_patch16_224"]
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             mark = "*" if r["family_choice"] else " "
             print(f"{mark} {arch:32s} channels_last={str(cl):5s} {r['optimizer']:5s} {r['images_per_sec']:8.2f} img/s "
                   f"{r['ms_per_batch']:9.1f} ms/batch {r['peak_memory_mib']:8.0f} MiB peak", flush=True)
-    print("* = fastadv's per-family channels_last choice (fastadv.model_zoo.Arch.channels_last)")
+    print("* = fastadv's per-family channels_last choice (fastadv.models.zoo.Arch.channels_last)")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": facts, "command": "python -m bench.models " + " ".join(
             sys.argv[1:]), "rows": rows}, indent=2))

@@ -26,9 +26,9 @@ from bench import kernels_bench, loaders
 from bench import targets as bench_targets
 from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, time_it, unused_stem
 from bench.workloads import FORWARDS_PER_IMAGE, WORKLOADS, describe_path, kernel_path, make_setup, variants, workload
-from fastadv.hardware import detect_cpu
+from fastadv.runtime.hardware import detect_cpu
 from fastadv.config import ModelConfig
-from fastadv.fileio import atomic_write_text
+from fastadv.runtime.fileio import atomic_write_text
 from fastadv.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -5,7 +5,7 @@
 - eager-amp-cl: fastadv's own code with AMP (bf16 on CUDA) and channels_last, but eager and
              with the plain-torch kernels (FASTADV_TRITON=off).
 - fastadv:   the fast path as `fastadv train` / `fastadv eval` run it by default: on CUDA the
-             whole step compiled (fastadv.compiled: the PGD loop and the training forward + loss
+             whole step compiled (fastadv.runtime.compiled: the PGD loop and the training forward + loss
              as graphs; model-only where this PyTorch cannot trace autograd.grad), fused Triton
              kernels; on the CPU eager (compiling measured slower there), channels_last, bf16
              autocast where the CPU has native bf16; the Trainer's sync-free NaN guard.
@@ -24,15 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from fastadv.attacks import PGD
-from fastadv.compiled import CompiledModel
+from fastadv.runtime.compiled import CompiledModel
 from fastadv.config import ModelConfig
-from fastadv.hardware import detect_cpu
+from fastadv.runtime.hardware import detect_cpu
 from fastadv.kernels import label_augmented_target, reload_triton_mode, triton_available
 from fastadv.methods.adversarial import AdversarialTraining
 from fastadv.methods.fast import FreeAdversarialTraining
 from fastadv.methods.standard import StandardTraining
 from fastadv.models import build_model
-from fastadv.runtime import autocast
+from fastadv.runtime.device import autocast
 from fastadv.train import train_step
 from fastadv.train.step import FiniteGuard
 
@@ -53,7 +53,7 @@ class Variant:
 
 def variants(device: torch.device, compile_on_cpu: bool = False, cpu_bf16: bool | None = None) -> list[Variant]:
     """The three variants. AMP is bf16 on CUDA, and on a CPU with native bf16 units
-    (AVX512-BF16 / AMX, `fastadv.hardware.detect_cpu`; `cpu_bf16` overrides the detection);
+    (AVX512-BF16 / AMX, `fastadv.runtime.hardware.detect_cpu`; `cpu_bf16` overrides the detection);
     fp32 on other CPUs, where bf16 is emulated and slower."""
     if device.type == "cuda":
         amp = torch.bfloat16
@@ -71,7 +71,7 @@ def variants(device: torch.device, compile_on_cpu: bool = False, cpu_bf16: bool 
 
 def describe_path(variant: Variant, device: torch.device) -> dict[str, object]:
     """Which path a variant takes on `device`: precision, layout, compile, kernel implementation."""
-    from fastadv.compiled import MODEL_ONLY, OFF, WHOLE_STEP, whole_step_supported
+    from fastadv.runtime.compiled import MODEL_ONLY, OFF, WHOLE_STEP, whole_step_supported
 
     triton = variant.fused_kernels and device.type == "cuda" and triton_available()
     return {

@@ -37,7 +37,7 @@ def _overrides(args: argparse.Namespace, **flags: str) -> list[str]:
 
 def _train(args: argparse.Namespace) -> None:
     """Validate everything (config, run folder, lock) before torch is imported, then train and summarize."""
-    from fastadv import runfolder
+    from fastadv.runtime import runfolder
     from fastadv.config import load_config
 
     runfolder.check_out_path(args.out)
@@ -74,7 +74,7 @@ def _train(args: argparse.Namespace) -> None:
 
         train(cfg, resume=resume or None, allow_new_dataset=args.allow_new_dataset)
     if runfolder.is_main_process():
-        from fastadv.summary import train_summary
+        from fastadv.eval.summary import train_summary
 
         print(train_summary(out, start_line, time.perf_counter() - start))
 
@@ -87,9 +87,9 @@ def _resume_hint(out: Path) -> str:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from fastadv.evaluate import evaluate
+    from fastadv.eval.evaluate import evaluate
 
-    from fastadv.suites import OPTIONAL_SUITES
+    from fastadv.eval.suites import OPTIONAL_SUITES
 
     if args.weights or args.arch:  # issue 15: a published model's weights, no training run
         return _eval_weights(args)
@@ -99,9 +99,9 @@ def _eval(args: argparse.Namespace) -> None:
     overrides += [OPTIONAL_SUITES[name] for name in args.suite or []]
     if args.out and len(args.runs) > 1:
         raise FastadvError("--out names one folder; with several runs leave it out (each run writes <run>/eval)")
-    from fastadv import runfolder
-    from fastadv.checkpoint import resolve_checkpoint
-    from fastadv.summary import eval_summary
+    from fastadv.runtime import runfolder
+    from fastadv.models.checkpoint import resolve_checkpoint
+    from fastadv.eval.summary import eval_summary
 
     runfolder.check_out_path(args.out)
     for run in args.runs:
@@ -116,7 +116,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _eval_weights(args: argparse.Namespace) -> None:
-    from fastadv.evaluate_weights import evaluate_weights
+    from fastadv.eval.evaluate_weights import evaluate_weights
 
     if not (args.weights and args.arch) or args.runs:
         raise FastadvError("--weights FILE and --arch NAME go together, without run folders "
@@ -131,9 +131,9 @@ def _evaluated(run: str, out: str | None, overrides: list[str]) -> bool:
     """eval.json exists, is newer than the checkpoint, and was asked the same (data, suites, attack)."""
     import json
 
-    from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
+    from fastadv.models.checkpoint import load_checkpoint, resolve_checkpoint
     from fastadv.config import apply_override, from_dict
-    from fastadv.evaluate import request_of
+    from fastadv.eval.evaluate import request_of
 
     ckpt = resolve_checkpoint(run)
     done = Path(out) if out else ckpt.parent / "eval"
@@ -158,7 +158,7 @@ def _sources(args: argparse.Namespace):
 
 def _report(args: argparse.Namespace) -> None:
     from fastadv.analysis.report import build_report
-    from fastadv.runfolder import check_out_path
+    from fastadv.runtime.runfolder import check_out_path
 
     check_out_path(args.out)
 
@@ -170,8 +170,8 @@ def _metrics(args: argparse.Namespace) -> None:
     import json
 
     from fastadv.analysis.report import build_report
-    from fastadv.runfolder import check_out_path
-    from fastadv.summary import metrics_table
+    from fastadv.runtime.runfolder import check_out_path
+    from fastadv.eval.summary import metrics_table
 
     check_out_path(args.out)
     metrics = build_report(args.predictions, Path(args.out), _sources(args))
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip runs whose eval.json is newer than their checkpoint and was asked the same")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for this evaluation, e.g. --set eval.eps=4/255")
-    from fastadv.suites import OPTIONAL_SUITES
+    from fastadv.eval.suites import OPTIONAL_SUITES
 
     e.add_argument("--suite", action="append", choices=sorted(OPTIONAL_SUITES),
                    help="also run an optional suite (repeatable): " + "; ".join(f"{n}: {o}" for n, o in OPTIONAL_SUITES.items()))

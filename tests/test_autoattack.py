@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastadv import suites
+from fastadv.eval import suites
 from fastadv.analysis.masking import FAIL, PASS, masking_checks
 from fastadv.attacks.auto_attack import AutoAttackRun, HeadView
 from fastadv.attacks.paper_convention import PaperCodePGD
@@ -264,7 +264,7 @@ def test_k_head_check_fails_when_only_the_k_head_gradient_is_masked():
 
 def test_resumed_autoattack_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     """Kill the AutoAttack setting after its first batch; the rerun reads that batch back and the CSVs match."""
-    import fastadv.evaluate as evaluate_module
+    import fastadv.eval.evaluate as evaluate_module
     from fastadv.config import load_config
     from fastadv.train import train
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fastadv.attacks import PGD, pgd_linf, trades_kl_attack
-from fastadv.checkpoint import load_checkpoint
+from fastadv.models.checkpoint import load_checkpoint
 from fastadv.config import load_config
 from fastadv.data.subset import stratified_holdout
 from fastadv.methods import EpochContext, build_method
@@ -145,7 +145,7 @@ def test_every_classwise_recipe_trains_and_resumes_exactly(tmp_path, monkeypatch
 
 
 def test_temperature_pgd_evaluation_settings_and_report(tmp_path):
-    from fastadv.evaluate import evaluate
+    from fastadv.eval.evaluate import evaluate
     from fastadv.analysis.report import build_report
 
     run = train(load_config("demo-adv", TINY[:4] + ["optim.epochs=1", "train.progress=false",

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fastadv import runfolder
+from fastadv.runtime import runfolder
 from fastadv.cli import main
 from fastadv.config import from_dict, load_config, to_toml
 from fastadv.errors import FastadvError
-from fastadv.model_zoo import model_defaults, supported_interpolation
+from fastadv.models.zoo import model_defaults, supported_interpolation
 
 if sys.version_info >= (3, 11):
     import tomllib

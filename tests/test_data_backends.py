@@ -434,7 +434,7 @@ def test_cli_write_ffcv(photos: Path, tmp_path: Path, capsys) -> None:
 
 @needs_dali
 def test_trainer_and_eval_run_unchanged_on_dali(photos: Path, tmp_path: Path) -> None:
-    from fastadv.evaluate import evaluate
+    from fastadv.eval.evaluate import evaluate
     from fastadv.train import train
 
     cfg = load_config("imagenet-std", [

@@ -22,11 +22,11 @@ import pytest
 import torch
 from torch import nn
 
-from fastadv.checkpoint import load_checkpoint
+from fastadv.models.checkpoint import load_checkpoint
 from fastadv.config import load_config
-from fastadv.distributed import BatchShard, lr_factor
+from fastadv.runtime.distributed import BatchShard, lr_factor
 from fastadv.errors import FastadvError
-from fastadv.evaluate import evaluate
+from fastadv.eval.evaluate import evaluate
 from fastadv.models import build_model as shipped_build_model
 from fastadv.train import Trainer, train
 

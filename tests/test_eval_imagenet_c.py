@@ -17,7 +17,7 @@ from fastadv.config import DataConfig  # noqa: E402
 from fastadv.data.folder import FolderDataset, val_transform  # noqa: E402
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root  # noqa: E402
 from fastadv.errors import FastadvError  # noqa: E402
-from fastadv.imagenet_c_generate import (  # noqa: E402
+from fastadv.eval.imagenet_c_generate import (  # noqa: E402
     clean_array,
     corruption_seed,
     generate_imagenet_c,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastadv import compiled
+from fastadv.runtime import compiled
 from fastadv.attacks import PGD
 from fastadv.attacks.linf import kl_attack_loop, pgd_ce_attack
 from fastadv.methods.adversarial import AdversarialTraining
@@ -254,7 +254,7 @@ def test_early_stop_never_above_last_iterate(compact):
 
 def test_early_stop_is_an_evaluation_setting_field(tmp_path):
     from fastadv.config import Config, apply_override
-    from fastadv.suites import pgd_settings, setting_spec
+    from fastadv.eval.suites import pgd_settings, setting_spec
 
     cfg = Config()
     apply_override(cfg, "eval.early_stop=true")

@@ -1,11 +1,11 @@
-"""CPU feature detection (fastadv.hardware): flags parsed from /proc/cpuinfo text."""
+"""CPU feature detection (fastadv.runtime.hardware): flags parsed from /proc/cpuinfo text."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from fastadv.hardware import detect_cpu, parse_cpuinfo_flags
+from fastadv.runtime.hardware import detect_cpu, parse_cpuinfo_flags
 
 EPYC = """processor	: 0
 model name	: AMD EPYC 9004
@@ -24,7 +24,7 @@ def test_parse_flags_and_model():
 
 
 def test_native_bf16_detected_from_avx512_bf16_or_amx(tmp_path, monkeypatch):
-    import fastadv.hardware as hardware
+    import fastadv.runtime.hardware as hardware
 
     monkeypatch.setattr(hardware, "_torch_isa", lambda: "AVX2")  # the flags alone decide
     for text, expected, flags in ((EPYC, True, ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")),
@@ -45,7 +45,7 @@ def test_missing_cpuinfo_is_not_an_error(tmp_path):
 def test_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import fastadv.hardware as h\n"
+        "import fastadv.runtime.hardware as h\n"
         "info = h.detect_cpu()\n"
         "assert info.isa == 'unknown', info\n"
     )

@@ -232,7 +232,7 @@ def test_smoothing_changes_the_training_loss_but_not_one_attack_input(recipe, ca
 
 def test_smoothed_training_forwards_compile_as_one_graph():
     """dynamo's explain: the smoothed loss adds no graph break to the compiled step functions."""
-    from fastadv import compiled
+    from fastadv.runtime import compiled
     from fastadv.methods.trades import trades_forward_loss
 
     if not compiled.whole_step_supported():

@@ -13,13 +13,13 @@ import torchvision
 from torch import nn
 
 from fastadv.attacks import PGD
-from fastadv.checkpoint import load_checkpoint
+from fastadv.models.checkpoint import load_checkpoint
 from fastadv.config import ModelConfig, load_config
 from fastadv.errors import FastadvError
 from fastadv.methods import build_method
 from fastadv.methods.cfa import fawa_update
 from fastadv.models import build_model
-from fastadv.optim import WeightEma, build_optimizer, clip_gradients
+from fastadv.train.optim import WeightEma, build_optimizer, clip_gradients
 from fastadv.train.schedule import lr_at
 from fastadv.train import cosine_lr, train, train_step
 
@@ -47,7 +47,7 @@ def tiny_cfg(out, arch: str, kwargs: str, size: int, *extra: str):
 
 @pytest.mark.parametrize("arch, kwargs, size, transformer", ARCHS)
 def test_every_family_trains_attacks_saves_resumes_and_evaluates(tmp_path, arch, kwargs, size, transformer):
-    from fastadv.evaluate import evaluate
+    from fastadv.eval.evaluate import evaluate
 
     cfg = tiny_cfg(tmp_path / "run", arch, kwargs, size, "optim.name=adamw", "optim.ema_decay=0.5",
                    "optim.clip_grad_norm=1.0", "train.max_steps=1")

@@ -24,7 +24,7 @@ def test_shipped_recipes_load_to_the_golden_configs():
 
 
 def test_shipped_recipes_inherit_instead_of_repeating():
-    text = {name: (Path(__file__).parent.parent / "fastadv" / "recipes" / f"{name}.toml").read_text()
+    text = {name: (Path(__file__).parent.parent / "fastadv" / "config" / "recipes" / f"{name}.toml").read_text()
             for name in recipe_names()}
     roots = [name for name, t in text.items() if "\nbase = " not in t and not t.startswith("base = ")]
     assert roots == ["imagenet-std"]

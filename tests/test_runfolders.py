@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fastadv.cli import main
-from fastadv.runfolder import LOCK_NAME, RunLock, prepare_fresh
+from fastadv.runtime.runfolder import LOCK_NAME, RunLock, prepare_fresh
 
 ROOT = Path(__file__).parent.parent
 TINY = ["data.image_size=16", "data.limit_train=32", "data.limit_val=20", "data.batch_size=16",
@@ -76,7 +76,7 @@ def test_resume_keeps_the_saved_config_from_another_directory(trained, tmp_path,
 
 def test_paths_are_stored_absolute(tmp_path, monkeypatch):
     from fastadv.config import load_config
-    from fastadv.runfolder import absolute_paths
+    from fastadv.runtime.runfolder import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config("demo-adv", ["data.path=data/imagenet", "model.init=w.pth", "eval.imagenet_c=generate"])
@@ -101,7 +101,7 @@ def test_training_into_a_finished_run_is_refused(trained, tmp_path, capsys):
 # 3: one process at a time; a lock left by kill -9 is detected and taken over
 def test_lock_refuses_a_second_process_and_survives_kill_9(trained, tmp_path, capsys, caplog):
     run = copy_run(trained, tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom fastadv.runfolder import RunLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom fastadv.runtime.runfolder import RunLock\n"
                                f"RunLock({str(run)!r}, 'train').acquire(); print('locked', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -124,7 +124,7 @@ def test_lock_refuses_a_second_process_and_survives_kill_9(trained, tmp_path, ca
 # 4: files follow the umask
 @pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664)])
 def test_written_files_follow_the_umask(tmp_path, mask, mode):
-    from fastadv.fileio import atomic_write_bytes
+    from fastadv.runtime.fileio import atomic_write_bytes
 
     old = os.umask(mask)
     try:
@@ -165,7 +165,7 @@ def test_non_utf8_csvs_are_one_line_errors(tmp_path, capsys):
 
 
 def test_disk_full_while_saving_keeps_the_checkpoint(trained, tmp_path, monkeypatch, capsys):
-    import fastadv.fileio as fileio
+    import fastadv.runtime.fileio as fileio
 
     run = copy_run(trained, tmp_path)
     before = (run / "checkpoint.pt").read_bytes()
@@ -211,7 +211,7 @@ def test_out_pointing_at_a_file_is_refused(trained, tmp_path, capsys, command):
 
 
 def test_init_accepts_a_run_folder(trained):
-    from fastadv.weights import read_file
+    from fastadv.models.weights import read_file
 
     state = read_file(str(trained["run"]))
     assert state["format"] == "fastadv-checkpoint" and state["model"]

@@ -1,4 +1,4 @@
-"""Architecture: evaluation keys live in fastadv/suites.py only; a new setting is one registration;
+"""Architecture: evaluation keys live in fastadv/eval/suites.py only; a new setting is one registration;
 fastadv/analysis/ reads saved predictions only."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastadv import suites
+from fastadv.eval import suites
 from fastadv.config import load_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fastadv"
-SUITES_MODULE = PACKAGE / "suites.py"
-SUITES_MODULES = (SUITES_MODULE, PACKAGE / "suites_robustness.py")  # the registry and its robustness entries
+SUITES_MODULE = PACKAGE / "eval" / "suites.py"
+SUITES_MODULES = (SUITES_MODULE, PACKAGE / "eval" / "suites_robustness.py")  # the registry and its robustness entries
 
 # ---------------------------------------------------------------- suites: no key literal outside suites.py
 
@@ -97,7 +97,7 @@ def test_suites_keys_appear_only_in_the_suites_module():
     names = _suites_key_names()
     offenders = [hit for path in sorted(PACKAGE.rglob("*.py")) if path not in SUITES_MODULES
                  for hit in _suites_key_literals(path.read_text(), str(path.relative_to(PACKAGE)), names)]
-    assert not offenders, "evaluation keys, suite names and titles belong to fastadv/suites.py:\n" + "\n".join(offenders)
+    assert not offenders, "evaluation keys, suite names and titles belong to fastadv/eval/suites.py:\n" + "\n".join(offenders)
 
 
 # ---------------------------------------------------------------- suites: the registry
@@ -151,7 +151,7 @@ def mirror_attack():
 
 def test_suites_a_registered_setting_is_evaluated_scored_and_reported(tmp_path, mirror_attack):
     from fastadv.analysis.report import build_report
-    from fastadv.evaluate import evaluate
+    from fastadv.eval.evaluate import evaluate
     from fastadv.train import train
 
     run = train(load_config("demo-std", ["data.image_size=16", "data.limit_train=32", "data.batch_size=16",
@@ -182,7 +182,7 @@ def test_suites_a_registered_setting_is_evaluated_scored_and_reported(tmp_path, 
 def test_analysis_imports_no_model_side_module():
     # config and the method registry import no torch: the method ranking reads a run's saved config.toml
     # and its method's cost formula, never a model.
-    allowed = ("fastadv.analysis", "fastadv.suites", "fastadv.errors", "fastadv.fileio", "fastadv.config.",
+    allowed = ("fastadv.analysis", "fastadv.eval.suites", "fastadv.errors", "fastadv.runtime.fileio", "fastadv.config.",
                "fastadv.methods.registry.")
     found = []
     for path in sorted((PACKAGE / "analysis").glob("*.py")):

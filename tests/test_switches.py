@@ -104,7 +104,7 @@ def test_compiled_training_matches_eager(tmp_path):
 def test_compile_cache_written_on_one_cpu_isa_is_not_reused_on_another(tmp_path):
     """Two compiled runs share one inductor cache: this CPU's vector ISA first, then the AVX2 path.
 
-    Inductor's cache key leaves the ISA out; without fastadv's tag (fastadv.compiled.
+    Inductor's cache key leaves the ISA out; without fastadv's tag (fastadv.runtime.compiled.
     key_compile_caches_by_cpu_isa) the second run loaded kernels written for AVX-512, compiled them
     for AVX2 and failed ("index -8 is out of bounds" in a scatter, NaN in its input). By inductor's
     code, a process whose ISA probe times out on a loaded machine falls back the same way. ~3 min of compiling.
@@ -130,7 +130,7 @@ def test_compile_cache_key_carries_the_cpu_isa():
     import torch
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
-    from fastadv import compiled
+    from fastadv.runtime import compiled
 
     config = torch.compiler.config
     saved = config.cache_key_tag

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastadv.checkpoint import load_checkpoint
+from fastadv.models.checkpoint import load_checkpoint
 from fastadv.config import load_config
 from fastadv.errors import FastadvError, NonFiniteLossError
 from fastadv.methods import build_method
@@ -175,7 +175,7 @@ def test_non_fastadv_checkpoints_are_refused(tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A crash while saving leaves the previous checkpoint intact and no temp files behind."""
-    from fastadv import checkpoint
+    from fastadv.models import checkpoint
 
     path = tmp_path / "checkpoint.pt"
     checkpoint.save_checkpoint(path, {"progress": {"step": 1}})

@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fastadv.fileio import atomic_write
-from fastadv import suites
+from fastadv.runtime.fileio import atomic_write
+from fastadv.eval import suites
 
 CLASSWISE = "classwise_error.png"
 IMAGENET_C = "imagenet_c_error.png"

@@ -1,7 +1,7 @@
 """Gradient-masking checks (Carlini et al. 2019 checklist; Athalye et al. 2018) from saved settings.
 
 Each check compares robust accuracies (1 - top-1 error over the K classes) of settings the
-masking suite wrote (fastadv.suites.masking_settings) and gives "pass", "fail" or "skipped"
+masking suite wrote (fastadv.eval.suites.masking_settings) and gives "pass", "fail" or "skipped"
 with one line of evidence. `tol` (eval.masking_tolerance, in the settings' eval.json entries)
 is the slack a finite sample needs; "~0%" means at most eval.masking_zero.
 - steps: accuracy does not rise from PGD-10 to PGD-40 to PGD-100;
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastadv import suites
+from fastadv.eval import suites
 
 PASS, FAIL, SKIP = "pass", "fail", "skipped"
 

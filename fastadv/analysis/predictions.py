@@ -19,7 +19,7 @@ from typing import IO
 import numpy as np
 
 from fastadv.errors import FastadvError
-from fastadv.fileio import atomic_write
+from fastadv.runtime.fileio import atomic_write
 
 COLUMNS = ("file_name", "predicted_class", "predicted_probability", "true_class")
 REQUIRED = COLUMNS[:3]

@@ -19,7 +19,7 @@ import numpy as np
 from fastadv.analysis.imagenet_meta import NUM_CLASSES, NUM_VAL, SuiteSkipped, annotation_file, imagenet_predictions
 from fastadv.analysis.metrics import real_metrics
 from fastadv.errors import FastadvError
-from fastadv.suites import REAL, suite_spec
+from fastadv.eval.suites import REAL, suite_spec
 
 PACKAGE_FILE = "imagenet_real_labels.jsonl"
 

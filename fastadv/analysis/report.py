@@ -2,7 +2,7 @@
 self-contained file) and the figures, for every evaluated model side by side.
 
 Table 1: clean / mCE / PGD-40 error; Table 2: class-wise mean and SD for clean, ReaL, PGD-40.
-The attack columns, notes and suites rows come from the fastadv.suites registry (one pair of
+The attack columns, notes and suites rows come from the fastadv.eval.suites registry (one pair of
 K-head / K+M columns per ATTACK). A suite without data appears as "skipped" with its reason,
 never silently missing.
 """
@@ -20,8 +20,8 @@ from fastadv.analysis.metrics import CORRUPTIONS, relative_change
 from fastadv.analysis.report_robustness import add_sections, headline_fields, headline_lines
 from fastadv.analysis.report_render import Bullets, Doc, Figure, Heading, Para, Table, to_html, to_markdown
 from fastadv.analysis.scoring import Sources, find_inputs, headline, model_metrics
-from fastadv.fileio import atomic_write
-from fastadv.suites import (ATTACK, CLEAN, IMAGENET_C, IMAGENET_C_SETTING_SUITE, IMAGENET_X, REAL, TPGD, SettingSpec,
+from fastadv.runtime.fileio import atomic_write
+from fastadv.eval.suites import (ATTACK, CLEAN, IMAGENET_C, IMAGENET_C_SETTING_SUITE, IMAGENET_X, REAL, TPGD, SettingSpec,
                             attack_keys, setting_spec, setting_specs, suite_spec, suite_specs)
 from fastadv.analysis.report_ranking import rank_methods, ranking_table, run_entry
 

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from fastadv import suites
+from fastadv.eval import suites
 from fastadv.config import from_dict, tomllib
 from fastadv.errors import FastadvError
 from fastadv.methods.registry import forward_equivalents

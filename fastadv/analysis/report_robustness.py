@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastadv import suites
+from fastadv.eval import suites
 from fastadv.analysis.masking import FAIL, failed_checks, masking_checks
 from fastadv.analysis.report_render import Bullets, Doc, Heading, Para, Table
 

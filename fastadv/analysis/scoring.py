@@ -24,7 +24,7 @@ from fastadv.analysis.imagenet_meta import NUM_CLASSES, SuiteSkipped, imagenet_v
 from fastadv.analysis.metrics import corruption_errors, setting_metrics
 from fastadv.analysis.predictions import Predictions, read_predictions
 from fastadv.errors import FastadvError
-from fastadv.suites import (ATTACK, CLEAN, MODEL_RUN_KINDS, IMAGENET_C, IMAGENET_C_SETTING_SUITE, IMAGENET_C_SKIPPED, IMAGENET_X, REAL,
+from fastadv.eval.suites import (ATTACK, CLEAN, MODEL_RUN_KINDS, IMAGENET_C, IMAGENET_C_SETTING_SUITE, IMAGENET_C_SKIPPED, IMAGENET_X, REAL,
                             attack_keys, clean_setting, headline_field, setting_specs, suite_of, suite_specs)
 
 FOREIGN = "predictions from another tool: one CSV per model holds clean predictions only"

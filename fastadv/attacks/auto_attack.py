@@ -10,7 +10,7 @@ and we learn which attack broke each image, which the combined call does not rep
 
 head "k" attacks the K-class head (the model seen through `HeadView`, logits[:, :K]); head "all"
 attacks all K+M logits (pyautoattack's "robust" then means argmax over K+M == y; the caller
-scores argmax over K of the returned images, see fastadv.suites).
+scores argmax over K of the returned images, see fastadv.eval.suites).
 """
 
 from __future__ import annotations

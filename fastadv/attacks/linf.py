@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastadv import compiled, kernels
+from fastadv import kernels
+from fastadv.runtime import compiled
 from fastadv.attacks import HEADS
 from fastadv.config import ATTACK_MODEL_MODES, AttackConfig, check_eps
 from fastadv.errors import FastadvError
@@ -47,7 +48,7 @@ def attack_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:
 
 def attack_view(model: nn.Module) -> nn.Module:
     """The module an attack calls: `model.attack_model` when the training model carries one
-    (the DDP wrapper does, fastadv.distributed.wrap_model: the attack's frozen-parameter
+    (the DDP wrapper does, fastadv.runtime.distributed.wrap_model: the attack's frozen-parameter
     forwards must bypass DDP's gradient synchronization), else `model` itself."""
     return getattr(model, "attack_model", model)
 
@@ -106,7 +107,7 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, al
     """PGD l_inf (torchattacks convention): random start, mean CE, last iterate, [0,1] box.
 
     early_stop / compact: see `fastadv.attacks.early_stop` (evaluation only). A whole-step
-    compiled model (fastadv.compiled) runs the loop as one compiled graph.
+    compiled model (fastadv.runtime.compiled) runs the loop as one compiled graph.
     """
     x = x.detach()
     model = attack_view(model)
@@ -129,7 +130,7 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, al
 def pgd_ce_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, alpha: torch.Tensor,
                   eps: torch.Tensor, steps: int, num_classes: int, head: str, temperature: float) -> torch.Tensor:
     """The whole PGD loop from `start` (`steps` forward + input gradient + fused update) with explicit
-    arguments only: what `fastadv.compiled.call` compiles into one graph. alpha, eps: [B]."""
+    arguments only: what `fastadv.runtime.compiled.call` compiles into one graph. alpha, eps: [B]."""
     x_adv = start
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
@@ -141,7 +142,7 @@ def pgd_ce_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: tor
 
 def kl_attack_loop(model: nn.Module, x: torch.Tensor, start: torch.Tensor, p_clean: torch.Tensor,
                    alpha: torch.Tensor, eps: torch.Tensor, steps: int, width: int | None) -> torch.Tensor:
-    """TRADES' KL attack loop with explicit arguments (compiled whole by `fastadv.compiled.call`)."""
+    """TRADES' KL attack loop with explicit arguments (compiled whole by `fastadv.runtime.compiled.call`)."""
     x_adv = start
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)

@@ -14,7 +14,7 @@ from fastadv.errors import FastadvError
 
 
 def load_source_model(run: str, device: torch.device) -> nn.Module:
-    from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
+    from fastadv.models.checkpoint import load_checkpoint, resolve_checkpoint
     from fastadv.config import from_dict
     from fastadv.models import build_model
 

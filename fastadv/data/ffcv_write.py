@@ -23,7 +23,7 @@ from PIL import Image
 
 from fastadv.data.class_folders import scan
 from fastadv.errors import FastadvError
-from fastadv.fileio import atomic_write_text
+from fastadv.runtime.fileio import atomic_write_text
 
 log = logging.getLogger("fastadv.data")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastadv import compiled
+from fastadv.runtime import compiled
 from fastadv.attacks import PGD, training_attack
 from fastadv.config import Config
 from fastadv.methods.base import MethodBase, forward_and_loss, training_ce

@@ -54,7 +54,7 @@ def forward_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, op_inde
                      num_classes: int, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The training forward and its (label-augmented, optionally smoothed) cross-entropy: (loss, logits).
 
-    Module-level with explicit arguments so `fastadv.compiled.call` compiles it as one graph."""
+    Module-level with explicit arguments so `fastadv.runtime.compiled.call` compiles it as one graph."""
     logits = model(x)
     return training_ce(logits, y, num_classes, op_index, delta, label_smoothing), logits
 

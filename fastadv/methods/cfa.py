@@ -38,7 +38,7 @@ from fastadv.methods.base import EpochContext, MethodBase
 from fastadv.methods.registry import MethodSpec, method_spec
 from fastadv.methods.trades import Trades
 from fastadv.models import predict_k
-from fastadv.runtime import autocast
+from fastadv.runtime.device import autocast
 
 
 def calibrated_eps(t: torch.Tensor, eps: float, lambda1: float) -> torch.Tensor:

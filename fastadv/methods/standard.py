@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastadv import compiled
+from fastadv.runtime import compiled
 from fastadv.config import Config
 from fastadv.methods.base import MethodBase, forward_and_loss
 from fastadv.methods.registry import MethodSpec

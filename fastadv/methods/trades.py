@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadv import compiled
+from fastadv.runtime import compiled
 from fastadv.attacks import trades_kl_attack
 from fastadv.config import Config
 from fastadv.methods.base import MethodBase
@@ -62,7 +62,7 @@ def trades_forward_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, 
                         ce_weight: torch.Tensor | None,
                         label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The train-mode forwards (x, x', and x again for their KL target) and the loss: (loss, clean, adv).
-    Module-level with explicit arguments so `fastadv.compiled.call` compiles it as one graph."""
+    Module-level with explicit arguments so `fastadv.runtime.compiled.call` compiles it as one graph."""
     clean, adv = model(x), model(x_adv)  # train mode (train_step): BatchNorm sees each batch alone
     target = model(x) if reference_forwards else None  # their KL target: a second forward of x
     loss = trades_loss(clean, adv, y, num_classes, beta, normalize=normalize, kl_target=target, ce_weight=ce_weight,

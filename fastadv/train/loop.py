@@ -4,7 +4,7 @@ The method (std / adv / adv-plus / ...) is opaque to it: it is built through the
 and its hooks (fastadv.methods.MethodBase) are called unconditionally. What a checkpoint
 holds lives in TrainState (state.py), the learning rate in schedule.py, the log in runlog.py.
 
-Under torchrun (fastadv.distributed) the same loop runs on every rank with DDP: each rank
+Under torchrun (fastadv.runtime.distributed) the same loop runs on every rank with DDP: each rank
 reads its shard of every global batch (data.batch_size per rank), rank 0 logs and writes the
 checkpoint, which holds every rank's RNG state and the epoch position in global samples.
 """
@@ -17,18 +17,18 @@ from typing import Any
 
 import torch
 
-from fastadv import distributed
-from fastadv.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from fastadv.runtime import distributed
+from fastadv.models.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fastadv.config import Config, to_toml
 from fastadv.data import build_dataset, build_loader
 from fastadv.data.subset import IndexSubset, stratified_holdout
 from fastadv.errors import FastadvError, NonFiniteLossError
 from fastadv.methods import EpochContext, build_method
 from fastadv.models import build_model, predict_k
-from fastadv.optim import WeightEma, build_optimizer
-from fastadv.progress import progress_bar
-from fastadv.runfolder import check_dataset, dataset_fingerprint, save_config
-from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
+from fastadv.train.optim import WeightEma, build_optimizer
+from fastadv.runtime.progress import progress_bar
+from fastadv.runtime.runfolder import check_dataset, dataset_fingerprint, save_config
+from fastadv.runtime.device import amp_dtype, autocast, maybe_compile, prepare_model, to_device
 from fastadv.train.overfit import build_guard
 from fastadv.train.runlog import JsonlLog, log_names
 from fastadv.train.schedule import lr_at

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from fastadv import distributed
-from fastadv.checkpoint import check_compatible, fingerprint, save_checkpoint
+from fastadv.runtime import distributed
+from fastadv.models.checkpoint import check_compatible, fingerprint, save_checkpoint
 from fastadv.config import Config
 from fastadv.data import mix
 
@@ -63,7 +63,7 @@ class TrainState:
     device: torch.device
     global_batch: int  # data.batch_size x world size
     progress: Progress = field(default_factory=Progress)
-    ema: Any = None  # a fastadv.optim.WeightEma (optim.ema_decay > 0): evaluated instead of the raw weights
+    ema: Any = None  # a fastadv.train.optim.WeightEma (optim.ema_decay > 0): evaluated instead of the raw weights
 
     def save(self, path: Path) -> None:
         """Rank 0 writes; every rank must call it (its RNG state and rank-local method state are gathered)."""

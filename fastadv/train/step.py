@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from fastadv.errors import NonFiniteLossError
-from fastadv.optim import clip_gradients
-from fastadv.runtime import autocast
+from fastadv.train.optim import clip_gradients
+from fastadv.runtime.device import autocast
 
 
 class FiniteGuard:

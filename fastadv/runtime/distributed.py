@@ -26,7 +26,7 @@ from torch import nn
 from fastadv.data.seeding import mix
 from fastadv.data.subset import IndexSubset
 from fastadv.errors import FastadvError
-from fastadv.runtime import resolve_device
+from fastadv.runtime.device import resolve_device
 
 # Test-only fault injection (documented in the README): the last rank exits / sleeps when its
 # progress reaches this optimizer step, on the first attempt of a torchrun job only.

@@ -285,6 +285,6 @@ register_suite(SuiteSpec(PGD, "PGD", ATTACK))
 
 
 # AutoAttack, masking checks, paper-code convention: registered by their own module (re-exported here).
-from fastadv.suites_robustness import (  # noqa: E402,F401
+from fastadv.eval.suites_robustness import (  # noqa: E402,F401
     AUTOATTACK, AUTOATTACK_EVAL_EPS, MASKING, PAPER_CODE, MASK_STEPS, MASK_APGD, MASK_SQUARE, MASK_TRANSFER, OPTIONAL_SUITES, mask_pgd_key, mask_eps_key, autoattack_settings, masking_settings, paper_code_settings,
 )

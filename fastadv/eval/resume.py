@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastadv import distributed
+from fastadv.runtime import distributed
 
 
 class ResumeFile:
@@ -69,7 +69,7 @@ def _loads(line: str) -> Any:
 
 
 def resume_file(out: Path, setting, cfg, checkpoint: str) -> ResumeFile:
-    from fastadv.evaluate import request_of
+    from fastadv.eval.evaluate import request_of
 
     e = cfg.eval
     fingerprint = {"key": setting.key, "checkpoint": [checkpoint, os.stat(checkpoint).st_mtime_ns], "info": setting.info(), "request": request_of(cfg), "seed": e.seed,

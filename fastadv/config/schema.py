@@ -14,9 +14,9 @@ from fractions import Fraction
 from typing import Any
 
 from fastadv.errors import FastadvError
-from fastadv.eval_options import RobustnessOptions
-from fastadv.recipe_files import read_recipe, recipe_descriptions, recipe_names  # noqa: F401 (re-exported)
-from fastadv.validation import (  # noqa: F401 (re-exported: callers import them from fastadv.config)
+from fastadv.config.eval_options import RobustnessOptions
+from fastadv.config.recipe_files import read_recipe, recipe_descriptions, recipe_names  # noqa: F401 (re-exported)
+from fastadv.config.validation import (  # noqa: F401 (re-exported: callers import them from fastadv.config)
     ATTACK_MODEL_MODES, CFA_PRESETS, check_eps, parse_temperatures, resolved_cfa, validate,
 )
 
@@ -33,7 +33,7 @@ class ModelConfig:
     num_aux: int = 0  # M extra label-augmentation logits (Adv+ uses 1: the "adv" op)
     pretrained: bool = True  # the library's default weights (torchvision: local torch hub cache only)
     init: str = ""  # path to a state dict / fastadv checkpoint to start from instead
-    # torchvision weights enum (ResNet50_Weights.IMAGENET1K_V2) | timm (download) | a file; see fastadv.weights
+    # torchvision weights enum (ResNet50_Weights.IMAGENET1K_V2) | timm (download) | a file; see fastadv.models.weights
     weights: str = ""
     # auto = the model's own mean/std (written into mean/std) | fixed = mean/std as given; a model.mean or
     # model.std given in the recipe or with --set is kept (and recorded as fixed)
@@ -250,7 +250,7 @@ def load_config(recipe: str, overrides: list[str] | None = None) -> Config:
     for item in overrides or []:
         apply_override(cfg, item)
     validate(cfg)
-    from fastadv.model_zoo import resolve_model_config  # imports torch and timm
+    from fastadv.models.zoo import resolve_model_config  # imports torch and timm
 
     resolve_model_config(cfg)  # what the model's own config decides, recorded in cfg
     return cfg

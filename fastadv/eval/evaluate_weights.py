@@ -1,7 +1,7 @@
 """`fastadv eval --weights FILE --arch NAME`: the class-wise report card of a published model.
 
 Builds a config (a recipe, default demo-std for the demo data and imagenet-std otherwise),
-loads the weights (fastadv.weights: any layout the field publishes), writes a run folder
+loads the weights (fastadv.models.weights: any layout the field publishes), writes a run folder
 (config.toml and a fastadv checkpoint whose config records the weights source), then runs
 the ordinary evaluation and report on it. A folder that already holds a run is refused.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fastadv.checkpoint import CHECKPOINT_NAME, fingerprint, save_checkpoint
+from fastadv.models.checkpoint import CHECKPOINT_NAME, fingerprint, save_checkpoint
 from fastadv.analysis.report import build_report
 from fastadv.config import load_config, to_toml
 from fastadv.errors import FastadvError
-from fastadv.fileio import atomic_write
+from fastadv.runtime.fileio import atomic_write
 
 
 def default_recipe(data: str | None) -> str:
@@ -37,7 +37,7 @@ def weights_config(weights: str, arch: str, data: str | None, out: str, recipe: 
 def evaluate_weights(weights: str, arch: str, data: str | None = None, out: str | None = None,
                      recipe: str | None = None, overrides: list[str] | None = None, progress: bool = True) -> Path:
     """Evaluate a weights file without training; returns the run folder (eval/ and report/ inside)."""
-    from fastadv.evaluate import evaluate
+    from fastadv.eval.evaluate import evaluate
     from fastadv.models import build_model
 
     out_dir = Path(out or f"runs/eval-{Path(weights).stem or arch.replace(':', '-')}")

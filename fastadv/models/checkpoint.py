@@ -9,7 +9,7 @@ import torch
 
 from fastadv.config import Config
 from fastadv.errors import FastadvError
-from fastadv.fileio import atomic_write
+from fastadv.runtime.fileio import atomic_write
 
 FORMAT = "fastadv-checkpoint"
 VERSION = 1

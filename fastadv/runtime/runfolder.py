@@ -25,7 +25,7 @@ from typing import Any
 
 from fastadv.config import Config, apply_override, from_dict, validate
 from fastadv.errors import FastadvError
-from fastadv.fileio import atomic_write_text
+from fastadv.runtime.fileio import atomic_write_text
 
 if sys.version_info >= (3, 11):
     import tomllib

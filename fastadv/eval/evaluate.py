@@ -1,6 +1,6 @@
 """Evaluate a checkpoint: one predictions CSV per setting (clean, PGD-40, T-PGD, ImageNet-C) and eval.json.
 
-Which settings exist, their keys, titles and attacks come from fastadv.suites (settings_for);
+Which settings exist, their keys, titles and attacks come from fastadv.eval.suites (settings_for);
 this module only runs them: whole batches per rank, a fixed RNG per batch, rank 0 writes.
 ImageNet-C (released folders or generated, eval.imagenet_c) writes one CSV per corruption and
 severity. ReaL and ImageNet-X need no model: the analysis re-scores the clean predictions.
@@ -16,21 +16,21 @@ from typing import Any
 
 import torch
 
-from fastadv import distributed
+from fastadv.runtime import distributed
 from fastadv.analysis.predictions import write_predictions
-from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
+from fastadv.models.checkpoint import load_checkpoint, resolve_checkpoint
 from fastadv.config import apply_override, from_dict, validate
 from fastadv.data import build_dataset, build_loader
 from fastadv.data.eval_subset import select_subset
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
 from fastadv.errors import FastadvError
-from fastadv.eval_resume import ResumeFile, resume_file  # noqa: F401 (ResumeFile: a type hint)
-from fastadv.fileio import atomic_write_text
-from fastadv.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
+from fastadv.eval.resume import ResumeFile, resume_file  # noqa: F401 (ResumeFile: a type hint)
+from fastadv.runtime.fileio import atomic_write_text
+from fastadv.eval.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
-from fastadv.progress import progress_bar
-from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
-from fastadv.suites import CLEAN, IMAGENET_C, IMAGENET_C_SKIPPED, Setting, imagenet_c_setting, settings_for
+from fastadv.runtime.progress import progress_bar
+from fastadv.runtime.device import amp_dtype, autocast, maybe_compile, prepare_model, to_device
+from fastadv.eval.suites import CLEAN, IMAGENET_C, IMAGENET_C_SKIPPED, Setting, imagenet_c_setting, settings_for
 
 
 def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list[str] | None = None,
@@ -48,7 +48,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     cfg.model.pretrained, cfg.model.init, cfg.model.weights = False, "", ""  # the checkpoint carries the weights
     validate(cfg)
     out = Path(out_dir) if out_dir else ckpt_path.parent / "eval"
-    # Under torchrun each rank evaluates whole batches of its own and rank 0 writes (fastadv.distributed).
+    # Under torchrun each rank evaluates whole batches of its own and rank 0 writes (fastadv.runtime.distributed).
     device = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)[1]
     progress = progress and distributed.is_main()
     amp = amp_dtype(cfg.train.amp, device)

@@ -3,7 +3,7 @@
 Inputs are images in [0, 1]; the first module normalizes them with the model's own mean/std,
 so attacks and their eps live in pixel units. The head has K class logits plus M
 label-augmentation logits; the first K rows come from the loaded classifier, the M extra rows
-start at zero. Architectures: fastadv.model_zoo; weight files and their layouts: fastadv.weights.
+start at zero. Architectures: fastadv.models.zoo; weight files and their layouts: fastadv.models.weights.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastadv import model_zoo, weights
+from fastadv.models import weights, zoo as model_zoo
 from fastadv.config import ModelConfig
 from fastadv.errors import FastadvError
 
@@ -84,7 +84,7 @@ def _read_source(kind: str, value: str, arch: model_zoo.Arch, net_keys: set[str]
 
 
 def build_model(cfg: ModelConfig) -> RobustClassifier:
-    """Network by name (model_zoo), weights (fastadv.weights), Normalize first, K+M outputs.
+    """Network by name (model_zoo), weights (fastadv.models.weights), Normalize first, K+M outputs.
 
     A weights file that carries its own input normalization (robustness, RobustBench) sets
     model.mean/std (written back to cfg, with cfg.normalize = "fixed", so the run records it).

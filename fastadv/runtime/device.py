@@ -39,7 +39,7 @@ def maybe_compile(model: torch.nn.Module, setting: str, mode: str, device: torch
                   whole_step: bool = True) -> torch.nn.Module:
     """The compiled wrapper (sharing parameters with `model`) or `model` itself.
 
-    whole_step: a `fastadv.compiled.CompiledModel`, whose attacks and training forward + loss
+    whole_step: a `fastadv.runtime.compiled.CompiledModel`, whose attacks and training forward + loss
     run as compiled graphs where this PyTorch can trace autograd.grad (else model-only);
     False: torch.compile(model) alone (the DDP wrapper).
     """
@@ -47,11 +47,11 @@ def maybe_compile(model: torch.nn.Module, setting: str, mode: str, device: torch
         return model
     if not whole_step:
         if device.type == "cpu":
-            from fastadv.compiled import key_compile_caches_by_cpu_isa
+            from fastadv.runtime.compiled import key_compile_caches_by_cpu_isa
 
             key_compile_caches_by_cpu_isa()
         return torch.compile(model, mode=mode)
-    from fastadv.compiled import CompiledModel
+    from fastadv.runtime.compiled import CompiledModel
 
     return CompiledModel(model, mode)
 

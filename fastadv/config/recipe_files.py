@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_SHIPPED = "fastadv.recipes"
+_SHIPPED = "fastadv.config.recipes"
 _LOADER_KEYS = ("base", "description")  # top-level keys consumed here, not Config fields
 
 

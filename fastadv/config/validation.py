@@ -77,7 +77,7 @@ def validate(cfg: Config) -> None:
     if spec.adversarial:
         check_eps("attack.eps", a.eps)
     check_eps("eval.eps", e.eps)
-    from fastadv.eval_options import validate_robustness_options  # AutoAttack, masking checks, paper-code
+    from fastadv.config.eval_options import validate_robustness_options  # AutoAttack, masking checks, paper-code
 
     validate_robustness_options(e)
     parse_temperatures(e.temperatures)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from fastadv.analysis.metrics import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
 from fastadv.data.seeding import mix
 from fastadv.errors import FastadvError
-from fastadv.fileio import atomic_write_bytes, atomic_write_text
+from fastadv.runtime.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("fastadv.imagenet_c")  # the name it logged under before the module was renamed
 

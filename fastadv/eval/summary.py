@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fastadv import suites
+from fastadv.eval import suites
 
 
 def grid(header: list[str], rows: list[list[str]]) -> str:
@@ -87,7 +87,7 @@ def eval_summary(eval_dir: Path, wall_seconds: float) -> str:
 def metrics_table(headline: dict[str, dict[str, Any]], report_dir: Path) -> str:
     """`fastadv metrics`: one row per model of the headline errors (in %), then where the report is.
 
-    Every registered attack setting (fastadv.suites, kind ATTACK) gets its K-head and K+M columns."""
+    Every registered attack setting (fastadv.eval.suites, kind ATTACK) gets its K-head and K+M columns."""
     attacks = suites.setting_specs(suites.ATTACK)
     labels = [spec.label or spec.name for spec in attacks]
     names = [label if labels.count(label) == 1 else spec.name for label, spec in zip(labels, attacks)]  # unique

@@ -1,6 +1,6 @@
 """The robustness-evaluation suites beyond PGD: AutoAttack, the gradient-masking checks and the paper's
-own attack convention, registered into fastadv.suites like every other setting (their keys live here
-and in suites.py only). Imported by fastadv.suites itself, so registering needs no other import.
+own attack convention, registered into fastadv.eval.suites like every other setting (their keys live here
+and in suites.py only). Imported by fastadv.eval.suites itself, so registering needs no other import.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping
 
-from fastadv.suites import (ATTACK, CHECK, CONVENTION, Setting, SettingSpec, SuiteSpec, eval_step_size,
+from fastadv.eval.suites import (ATTACK, CHECK, CONVENTION, Setting, SettingSpec, SuiteSpec, eval_step_size,
                             register_setting, register_suite)
 
 AUTOATTACK = "autoattack"
@@ -67,7 +67,7 @@ def masking_settings(cfg) -> list[Setting]:
     """The attacks the gradient-masking checks compare (K-class head, eval.eps unless named)."""
     from fastadv.attacks import PGD as PGDAttack
     from fastadv.attacks import TransferPGD
-    from fastadv.eval_options import parse_eps_multiples
+    from fastadv.config.eval_options import parse_eps_multiples
 
     e = cfg.eval
     if not e.masking_checks:
