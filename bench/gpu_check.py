@@ -38,6 +38,7 @@ from typing import Callable
 import torch
 
 from bench import gpu_check_parts as parts
+from bench.gpu_check_parts import PartTimeout
 from bench import kernels_bench
 from bench import targets as bench_targets
 from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, unused_stem
@@ -48,10 +49,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SKIPPED_NO_CUDA = "skipped: no CUDA device"
 # Seconds each part may take on one H100/H200 (the whole run stays inside --budget-s).
 PART_TIMEOUTS = {"kernels": 90, "step": 140, "speed": 160, "profile": 90}
-
-
-class PartTimeout(Exception):
-    pass
 
 
 @contextmanager

@@ -23,10 +23,13 @@ from fastadv.kernels.reference import (
 )
 
 
+class PartTimeout(Exception):
+    """A part ran past its limit (raised by gpu_check's alarm). Defined here, below gpu_check: under
+    `python -m bench.gpu_check` that module is __main__, and importing it back would make a second class."""
+
+
 def run_check(name: str, fn: Callable[[], dict | None], sink: list[dict]) -> None:
     """Run one check; record passed (with its details) or failed (with the error), never raise."""
-    from bench.gpu_check import PartTimeout
-
     try:
         details = fn() or {}
         sink.append({"check": name, "status": "passed", **details})

@@ -89,7 +89,7 @@ def _resume_hint(out: Path) -> str:
 def _eval(args: argparse.Namespace) -> None:
     from fastadv.eval.evaluate import evaluate
 
-    from fastadv.eval.suites import OPTIONAL_SUITES
+    from fastadv.eval.suites_robustness import OPTIONAL_SUITES
 
     if args.weights or args.arch:  # issue 15: a published model's weights, no training run
         return _eval_weights(args)
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip runs whose eval.json is newer than their checkpoint and was asked the same")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for this evaluation, e.g. --set eval.eps=4/255")
-    from fastadv.eval.suites import OPTIONAL_SUITES
+    from fastadv.eval.suites_robustness import OPTIONAL_SUITES
 
     e.add_argument("--suite", action="append", choices=sorted(OPTIONAL_SUITES),
                    help="also run an optional suite (repeatable): " + "; ".join(f"{n}: {o}" for n, o in OPTIONAL_SUITES.items()))

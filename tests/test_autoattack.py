@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastadv.eval import suites
+from fastadv.eval import suites, suites_robustness
 from fastadv.analysis.masking import FAIL, PASS, masking_checks
 from fastadv.attacks.auto_attack import AutoAttackRun, HeadView
 from fastadv.attacks.paper_convention import PaperCodePGD
@@ -161,17 +161,17 @@ def _settings_model(attack_model, source=None, aux=0, steps=(10, 40, 100), mults
 
     eps = 0.05
     for n in steps:
-        key = suites.mask_pgd_key(n) if n in suites.MASK_STEPS else f"pgd{n}"
+        key = suites_robustness.mask_pgd_key(n) if n in suites_robustness.MASK_STEPS else f"pgd{n}"
         acc(key, PGD(eps=eps, steps=n, alpha=2.5 * eps / n, num_classes=k, head="k"))
     if aux:
         acc("pgd40-kplusm", PGD(eps=eps, steps=40, alpha=2.5 * eps / 40, num_classes=k, head="all"))
     for m in mults:
         e = min(1.0, m * eps)
-        acc(suites.mask_eps_key(m), PGD(eps=e, steps=20, alpha=2.5 * e / 20, num_classes=k, head="k"), multiple=m)
-    for key, name in ((suites.MASK_APGD, "apgd-ce"), (suites.MASK_SQUARE, "square")):
+        acc(suites_robustness.mask_eps_key(m), PGD(eps=e, steps=20, alpha=2.5 * e / 20, num_classes=k, head="k"), multiple=m)
+    for key, name in ((suites_robustness.MASK_APGD, "apgd-ce"), (suites_robustness.MASK_SQUARE, "square")):
         acc(key, AutoAttackRun(eps=eps, num_classes=k, version="standard", attacks=(name,), square_queries=300))
     if source is not None:
-        acc(suites.MASK_TRANSFER, lambda m, xx, yy: PGD(eps=eps, steps=40, alpha=2.5 * eps / 40, num_classes=k,
+        acc(suites_robustness.MASK_TRANSFER, lambda m, xx, yy: PGD(eps=eps, steps=40, alpha=2.5 * eps / 40, num_classes=k,
                                                         head="k")(source, xx, yy))
     return {"settings": settings}
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fastadv.cli import main
-from fastadv.eval.suites import OPTIONAL_SUITES
+from fastadv.eval.suites_robustness import OPTIONAL_SUITES
 
 TINY = ["data.image_size=16", "data.limit_train=64", "data.limit_val=30", "data.batch_size=32",
         "attack.steps=2", "eval.steps=3", "optim.epochs=1", "train.progress=false"]

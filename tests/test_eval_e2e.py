@@ -156,7 +156,7 @@ def test_metrics_command_builds_the_whole_report(evaluated, capsys) -> None:
     for key in ("clean_error", "real_error", "mce", "mce_alexnet", "pgd_error", "pgd_kplusm_error",
                 "clean_classwise_sd", "real_classwise_sd", "pgd_classwise_sd", "imagenet_x_average_error"):
         assert head[key] is not None, key
-    from fastadv.eval.suites import OPTIONAL_SUITES  # AutoAttack / masking / paper-code: skipped unless asked for
+    from fastadv.eval.suites_robustness import OPTIONAL_SUITES  # AutoAttack / masking / paper-code: skipped unless asked for
 
     assert head["mce_complete"] is False and set(head["skipped"]) == set(OPTIONAL_SUITES)
 

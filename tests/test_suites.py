@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,11 @@ def test_analysis_imports_no_model_side_module():
                       if (n == "torch" or n.startswith(("torch.", "fastadv")))
                       and not n.startswith(allowed)]
     assert not found, "fastadv/analysis/ reads saved predictions only:\n" + "\n".join(found)
+
+
+def test_importing_the_registry_alone_registers_the_robustness_suites():
+    """suites.py does not import suites_robustness.py (that was an import circle); fastadv/eval/__init__ does."""
+    code = ("from fastadv.eval.suites import setting_spec, suite_of\n"
+            "print(setting_spec('autoattack').kind, suite_of('mask-pgd100'), suite_of('paper-pgd40'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["attack", "masking", "paper_code"], out

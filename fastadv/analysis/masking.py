@@ -1,7 +1,7 @@
 """Gradient-masking checks (Carlini et al. 2019 checklist; Athalye et al. 2018) from saved settings.
 
 Each check compares robust accuracies (1 - top-1 error over the K classes) of settings the
-masking suite wrote (fastadv.eval.suites.masking_settings) and gives "pass", "fail" or "skipped"
+masking suite wrote (fastadv.eval.suites_robustness.masking_settings) and gives "pass", "fail" or "skipped"
 with one line of evidence. `tol` (eval.masking_tolerance, in the settings' eval.json entries)
 is the slack a finite sample needs; "~0%" means at most eval.masking_zero.
 - steps: accuracy does not rise from PGD-10 to PGD-40 to PGD-100;
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastadv.eval import suites
+from fastadv.eval import suites, suites_robustness
 
 PASS, FAIL, SKIP = "pass", "fail", "skipped"
 
@@ -39,7 +39,7 @@ def _chain(named: list[tuple[str, float]], tol: float) -> tuple[str, str]:
 def masking_checks(model: dict[str, Any]) -> list[dict[str, str]]:
     """[{check, status, detail}] for one model; [] when the masking suite did not run."""
     s = model["settings"]
-    mine = [k for k in s if suites.suite_of(k) == suites.MASKING]
+    mine = [k for k in s if suites.suite_of(k) == suites_robustness.MASKING]
     if not mine:
         return []
     tol = float(s[mine[0]].get("tolerance", 0.01))
@@ -48,7 +48,7 @@ def masking_checks(model: dict[str, Any]) -> list[dict[str, str]]:
     out = []
 
     steps = sorted([(int(re.fullmatch(r"\D*(\d+)", k).group(1)), k) for k in s
-                    if k == pgd_k or k in {suites.mask_pgd_key(n) for n in suites.MASK_STEPS}])
+                    if k == pgd_k or k in {suites_robustness.mask_pgd_key(n) for n in suites_robustness.MASK_STEPS}])
     named = [(f"{n} steps", _acc(s, k)) for n, k in steps]
     out.append({"check": "robust accuracy falls with PGD steps", **_status(_chain(named, tol) if len(named) > 1 else
                                                                            (SKIP, "fewer than two step counts"))})
@@ -59,7 +59,7 @@ def masking_checks(model: dict[str, Any]) -> list[dict[str, str]]:
         if status == PASS and named[-1][1] > zero:
             status, detail = FAIL, f"{named[-1][0]} leaves {_fmt(named[-1][1])} (> {_fmt(zero)}): {detail}"
         out.append({"check": "robust accuracy falls with eps, to ~0% at a large eps", **_status((status, detail))})
-    apgd, square = _acc(s, suites.MASK_APGD), _acc(s, suites.MASK_SQUARE)
+    apgd, square = _acc(s, suites_robustness.MASK_APGD), _acc(s, suites_robustness.MASK_SQUARE)
     out.append({"check": "black-box Square not below white-box APGD-CE", **_status(
         (SKIP, "APGD-CE or Square missing") if apgd is None or square is None else
         (FAIL if square + tol < apgd else PASS, f"Square {_fmt(square)}, APGD-CE {_fmt(apgd)}"))})
@@ -67,7 +67,7 @@ def masking_checks(model: dict[str, Any]) -> list[dict[str, str]]:
     out.append({"check": "K-head attack not weaker than the K+M attack", **_status(
         (SKIP, "not a label-augmented model (no K+M attack)") if k is None or km is None else
         (FAIL if k > km + tol else PASS, f"K-head {_fmt(k)}, K+M {_fmt(km)}"))})
-    transfer = _acc(s, suites.MASK_TRANSFER)
+    transfer = _acc(s, suites_robustness.MASK_TRANSFER)
     out.append({"check": "transfer attack from Std not stronger than white-box", **_status(
         (SKIP, "no eval.transfer_from (the Std run)") if transfer is None or k is None else
         (FAIL if transfer + tol < k else PASS, f"transfer {_fmt(transfer)}, white-box PGD {_fmt(k)}"))})

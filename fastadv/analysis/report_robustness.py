@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastadv.eval import suites
+from fastadv.eval import suites, suites_robustness
 from fastadv.analysis.masking import FAIL, failed_checks, masking_checks
 from fastadv.analysis.report_render import Bullets, Doc, Heading, Para, Table
 
@@ -58,7 +58,7 @@ def _autoattack(doc: Doc, models: list[dict[str, Any]]) -> None:
     rows = []
     for m in models:
         for key, s in m["settings"].items():
-            if s.get("suite") == suites.AUTOATTACK:
+            if s.get("suite") == suites_robustness.AUTOATTACK:
                 broken = s.get("broken_by") or {}
                 rows.append([m["model"], key, _pct(1 - s["error"]), _pct(s["classwise"]["sd"]),
                              ", ".join(f"{a}: {n}" for a, n in broken.items())])
@@ -75,7 +75,7 @@ def _conventions(doc: Doc, models: list[dict[str, Any]]) -> None:
     pgd = suites.setting_spec(suites.PGD)
     rows = []
     for m in models:
-        paper = [k for k, s in m["settings"].items() if s.get("suite") == suites.PAPER_CODE]
+        paper = [k for k, s in m["settings"].items() if s.get("suite") == suites_robustness.PAPER_CODE]
         if not paper:
             continue
         k, km = suites.attack_keys(m["settings"], pgd)

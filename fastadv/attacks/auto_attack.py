@@ -21,26 +21,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fastadv.attacks.autoattack_names import ATTACK_NAMES, VERSIONS, check_autoattack_names  # noqa: F401 (re-exported)
 from fastadv.attacks.linf import attack_mode, attack_view
-from fastadv.config import check_eps
-from fastadv.errors import FastadvError
+from fastadv.config.validation import check_eps
 
-ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")  # pyautoattack's AttackName
-VERSIONS = ("standard", "plus", "rand", "custom")
 CLEAN_MISS = "clean-error"  # broken_by of an image misclassified without attack
 
 
 def check_autoattack_args(eps: float, version: str, attacks: tuple[str, ...]) -> None:
     """Clear one-line errors before any attack runs (eps = 4 instead of 4/255, unknown names)."""
     check_eps("eval.autoattack_eps", float(eps))
-    if version not in VERSIONS:
-        raise FastadvError(f"eval.autoattack_version={version!r} is not one of: {', '.join(VERSIONS)}")
-    unknown = [a for a in attacks if a not in ATTACK_NAMES]
-    if unknown:
-        raise FastadvError(f"unknown AutoAttack attack name(s) {', '.join(map(repr, unknown))} in eval.autoattack_attacks; "
-                           f"pyautoattack knows: {', '.join(ATTACK_NAMES)}")
-    if version == "custom" and not attacks:
-        raise FastadvError("eval.autoattack_version=custom needs eval.autoattack_attacks, e.g. apgd-ce,square")
+    check_autoattack_names(version, attacks)
 
 
 class HeadView(nn.Module):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fastadv import kernels
-from fastadv.attacks.linf import Eps, attack_loss
+from fastadv.attacks.loss import Eps, attack_loss
 from fastadv.models import predict_k
 
 

@@ -19,13 +19,11 @@ from torch import nn
 from fastadv import kernels
 from fastadv.runtime import compiled
 from fastadv.attacks import HEADS
+from fastadv.attacks.loss import Eps, attack_loss  # noqa: F401 (re-exported)
 from fastadv.config import ATTACK_MODEL_MODES, AttackConfig, check_eps
 from fastadv.errors import FastadvError
 
 TRAIN_ALPHA_RATIO = 0.25  # attack.alpha = 0 in a recipe: the training PGD steps eps / 4 (REFERENCE.md §2)
-
-Eps = float | torch.Tensor  # a scalar, or one eps per sample ([B], class-wise methods)
-
 
 @contextlib.contextmanager
 def attack_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:
@@ -75,18 +73,6 @@ def check_eps_values(eps: torch.Tensor) -> None:
     """The value check of a per-sample eps (syncs: call it once, outside the hot loop)."""
     if eps.numel() and (eps.max() > 1 or eps.min() < 0):
         raise FastadvError(f"per-sample eps must lie in [0, 1] (pixel units); got range [{eps.min():g}, {eps.max():g}]")
-
-
-def attack_loss(logits: torch.Tensor, y: torch.Tensor, num_classes: int, head: str, temperature: float = 1.0) -> torch.Tensor:
-    """Mean cross-entropy the attack maximizes: over the K class logits or over all K+M logits.
-
-    temperature != 1 divides the logits first (Temperature-PGD, REFERENCE.md §7).
-    """
-    if head == "k":
-        logits = logits[:, :num_classes]
-    if temperature != 1.0:
-        logits = logits / temperature
-    return kernels.label_augmented_ce(logits, y, num_classes)
 
 
 def linf_attack(model: nn.Module, x: torch.Tensor, start: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor],

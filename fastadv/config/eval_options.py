@@ -1,4 +1,4 @@
-"""Validation of the robustness-evaluation options of [eval] (AutoAttack, masking checks, paper-code)."""
+"""The robustness-evaluation options of [eval] (AutoAttack, masking checks, paper-code); validation.py checks them."""
 
 from __future__ import annotations
 
@@ -40,18 +40,3 @@ def parse_eps_multiples(text: str) -> list[float]:
         raise FastadvError(f"eval.masking_eps={text!r}: give comma-separated positive multiples of eval.eps, e.g. 0.5,1,16")
     return values
 
-
-def validate_robustness_options(e) -> None:
-    from fastadv.config import check_eps
-
-    check_eps("eval.autoattack_eps", e.autoattack_eps)  # 4 instead of 4/255 -> "Did you mean 4/255"
-    if e.attack_convention not in ATTACK_CONVENTIONS:
-        raise FastadvError(f"eval.attack_convention={e.attack_convention!r} is not one of: {', '.join(ATTACK_CONVENTIONS)}")
-    if e.square_queries < 0 or not 0 <= e.masking_tolerance < 1 or not 0 <= e.masking_zero < 1:
-        raise FastadvError("eval.square_queries must be >= 0, eval.masking_tolerance and eval.masking_zero in [0, 1)")
-    parse_eps_multiples(e.masking_eps)
-    if e.autoattack:
-        from fastadv.attacks.auto_attack import check_autoattack_args  # unknown names fail before any attack
-
-        check_autoattack_args(e.autoattack_eps, e.autoattack_version,
-                              tuple(a.strip() for a in e.autoattack_attacks.split(",") if a.strip()))

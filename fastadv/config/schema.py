@@ -1,4 +1,4 @@
-"""Typed run configuration: dataclasses, TOML recipes, `key=value` overrides, validation.
+"""Typed run configuration: the dataclass schema, `key=value` overrides, TOML output (loading: fastadv.config).
 
 A recipe is a TOML file with one table per section below. Any field can be overridden on
 the command line as `section.field=value` (floats accept fractions such as `4/255`).
@@ -15,10 +15,6 @@ from typing import Any
 
 from fastadv.errors import FastadvError
 from fastadv.config.eval_options import RobustnessOptions
-from fastadv.config.recipe_files import read_recipe, recipe_descriptions, recipe_names  # noqa: F401 (re-exported)
-from fastadv.config.validation import (  # noqa: F401 (re-exported: callers import them from fastadv.config)
-    ATTACK_MODEL_MODES, CFA_PRESETS, check_eps, parse_temperatures, resolved_cfa, validate,
-)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -241,18 +237,6 @@ def from_dict(raw: dict[str, Any]) -> Config:
         kwargs[key] = cls(**{k: _coerce(f"{key}.{k}", v, hints[k]) for k, v in value.items()})
     cfg = Config(**kwargs)
     cfg.given_keys = {f"{section}.{k}" for section, v in raw.items() if isinstance(v, dict) for k in v}
-    return cfg
-
-
-def load_config(recipe: str, overrides: list[str] | None = None) -> Config:
-    """Recipe (shipped name or .toml path, its `base =` chain merged in) plus `section.field=value` overrides, validated."""
-    cfg = from_dict(read_recipe(recipe))
-    for item in overrides or []:
-        apply_override(cfg, item)
-    validate(cfg)
-    from fastadv.models.zoo import resolve_model_config  # imports torch and timm
-
-    resolve_model_config(cfg)  # what the model's own config decides, recorded in cfg
     return cfg
 
 

@@ -9,11 +9,13 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from fastadv.attacks import HEADS
+from fastadv.attacks.autoattack_names import check_autoattack_names
+from fastadv.config.eval_options import ATTACK_CONVENTIONS, parse_eps_multiples
 from fastadv.errors import FastadvError
 from fastadv.methods.registry import method_spec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fastadv.config import CfaConfig, Config
+    from fastadv.config.schema import CfaConfig, Config, EvalConfig
 
 BACKENDS = ("auto", "dali", "ffcv", "folder", "demo")
 DALI_DEVICES = ("auto", "cpu", "gpu")
@@ -77,8 +79,6 @@ def validate(cfg: Config) -> None:
     if spec.adversarial:
         check_eps("attack.eps", a.eps)
     check_eps("eval.eps", e.eps)
-    from fastadv.config.eval_options import validate_robustness_options  # AutoAttack, masking checks, paper-code
-
     validate_robustness_options(e)
     parse_temperatures(e.temperatures)
     for key, steps in (("attack.steps", a.steps), ("eval.steps", e.steps)):
@@ -148,6 +148,18 @@ def validate(cfg: Config) -> None:
     if t.dist_timeout_s <= 0:
         raise FastadvError(f"train.dist_timeout_s={t.dist_timeout_s:g} must be > 0 (seconds)")
     _validate_models(cfg)
+
+
+def validate_robustness_options(e: EvalConfig) -> None:
+    """AutoAttack, masking checks, paper-code: unknown names fail before any attack."""
+    check_eps("eval.autoattack_eps", e.autoattack_eps)  # 4 instead of 4/255 -> "Did you mean 4/255"
+    if e.attack_convention not in ATTACK_CONVENTIONS:
+        raise FastadvError(f"eval.attack_convention={e.attack_convention!r} is not one of: {', '.join(ATTACK_CONVENTIONS)}")
+    if e.square_queries < 0 or not 0 <= e.masking_tolerance < 1 or not 0 <= e.masking_zero < 1:
+        raise FastadvError("eval.square_queries must be >= 0, eval.masking_tolerance and eval.masking_zero in [0, 1)")
+    parse_eps_multiples(e.masking_eps)
+    if e.autoattack:
+        check_autoattack_names(e.autoattack_version, tuple(a.strip() for a in e.autoattack_attacks.split(",") if a.strip()))
 
 
 def _validate_models(cfg: Config) -> None:

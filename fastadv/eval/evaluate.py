@@ -108,7 +108,7 @@ def _run_setting(model, dataset, data_cfg, setting: Setting, cfg, device, amp, b
     shard = distributed.BatchShard(dataset, batch_size, cfg.eval.seed)
     loader = build_loader(data_cfg, "val", batch_size=batch_size, shuffle=False, dataset=shard.dataset, device=device)
     start = time.perf_counter()
-    partial = resume_file(out, setting, cfg, info["checkpoint"]) if setting.resumable else None
+    partial = resume_file(out, setting, cfg, info["checkpoint"], info["request"]) if setting.resumable else None
     rows = shard.gather(_predict(model, zip(shard.batch_ids, shard.batches(loader)), setting, cfg, device, amp,
                                  progress, len(shard.dataset), partial))
     seconds = time.perf_counter() - start

@@ -68,10 +68,9 @@ def _loads(line: str) -> Any:
         return None
 
 
-def resume_file(out: Path, setting, cfg, checkpoint: str) -> ResumeFile:
-    from fastadv.eval.evaluate import request_of
-
+def resume_file(out: Path, setting, cfg, checkpoint: str, request: dict[str, Any]) -> ResumeFile:
+    """request: evaluate.request_of(cfg), passed in (this module sits below evaluate.py)."""
     e = cfg.eval
-    fingerprint = {"key": setting.key, "checkpoint": [checkpoint, os.stat(checkpoint).st_mtime_ns], "info": setting.info(), "request": request_of(cfg), "seed": e.seed,
+    fingerprint = {"key": setting.key, "checkpoint": [checkpoint, os.stat(checkpoint).st_mtime_ns], "info": setting.info(), "request": request, "seed": e.seed,
                    "batch_size": e.batch_size or cfg.data.eval_batch_size, "model": cfg.model.__dict__}
     return ResumeFile(Path(out) / "partial", setting.key, fingerprint)

@@ -21,6 +21,8 @@ import), and evaluate, scoring and the report pick it up (tables, headline, note
         title=lambda key: "AutoAttack"))
 
 Torch-free: the builders import the attacks lazily, so the analysis side imports this freely.
+AutoAttack, the masking checks and paper-code register from suites_robustness.py, which
+fastadv/eval/__init__.py imports: any import of fastadv.eval.* registers them.
 """
 
 from __future__ import annotations
@@ -279,12 +281,3 @@ register_suite(SuiteSpec(IMAGENET_C, "ImageNet-C", CORRUPTION,
 register_suite(SuiteSpec(IMAGENET_X, "ImageNet-X", RESCORED,
                          lambda s: f"{s.get('images')} annotated images, {s.get('which_factor')} factor"))
 register_suite(SuiteSpec(PGD, "PGD", ATTACK))
-
-
-# ---------------------------------------------------------------- AutoAttack, masking checks, paper-code
-
-
-# AutoAttack, masking checks, paper-code convention: registered by their own module (re-exported here).
-from fastadv.eval.suites_robustness import (  # noqa: E402,F401
-    AUTOATTACK, AUTOATTACK_EVAL_EPS, MASKING, PAPER_CODE, MASK_STEPS, MASK_APGD, MASK_SQUARE, MASK_TRANSFER, OPTIONAL_SUITES, mask_pgd_key, mask_eps_key, autoattack_settings, masking_settings, paper_code_settings,
-)

@@ -1,6 +1,6 @@
 """The robustness-evaluation suites beyond PGD: AutoAttack, the gradient-masking checks and the paper's
 own attack convention, registered into fastadv.eval.suites like every other setting (their keys live here
-and in suites.py only). Imported by fastadv.eval.suites itself, so registering needs no other import.
+and in suites.py only). fastadv/eval/__init__.py imports it, so importing fastadv.eval.suites registers them.
 """
 
 from __future__ import annotations

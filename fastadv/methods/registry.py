@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fastadv.errors import FastadvError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fastadv.config import Config
+    from fastadv.config.schema import Config
 
 
 @dataclass(frozen=True)

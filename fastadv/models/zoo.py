@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fastadv.config import ModelConfig
+from fastadv.config.schema import ModelConfig
 from fastadv.errors import FastadvError
 
 if sys.version_info >= (3, 11):
