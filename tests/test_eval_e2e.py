@@ -133,6 +133,7 @@ def test_eval_writes_every_suite(evaluated, capsys) -> None:
     plus = evaluated["plus"] / "eval"
     info = json.loads((plus / "eval.json").read_text())
     keys = list(info["settings"])
+    assert info["method"] == "adv-plus"  # what the run was: the report's Std / Adv / Adv+ columns follow it
     assert keys[:3] == ["clean", "pgd2", "pgd2-kplusm"]
     assert keys[3:] == [f"imagenet-c/{c}/{s}" for c in CORR.split(",") for s in range(1, 6)]
     assert info["suites"]["imagenet_c"]["status"] == "done" and info["suites"]["imagenet_c"]["source"] == "generated"

@@ -119,8 +119,10 @@ TITLES = {"clean": "clean", "pgd40": "PGD-40 (K-class head, adaptive)",
           "pgd40-kplusm": "PGD-40 (K+M logits, paper)", "fgsm": "FGSM"}
 
 
-def make_eval_dir(root: Path, model: str, wrong: dict[str, list[int]], per_class: int = 5) -> Path:
-    """An eval dir where class k has wrong[setting][k] of its per_class images misclassified."""
+def make_eval_dir(root: Path, model: str, wrong: dict[str, list[int]], per_class: int = 5,
+                  method: str | None = None) -> Path:
+    """An eval dir where class k has wrong[setting][k] of its per_class images misclassified;
+    method: the training method eval.json records (None: not recorded, an older eval.json)."""
     d = root / model
     k = len(NAMES)
     la = "pgd40-kplusm" in wrong
@@ -138,6 +140,8 @@ def make_eval_dir(root: Path, model: str, wrong: dict[str, list[int]], per_class
             settings[key].update(eps=0.03, steps=40, alpha=0.001875, head="kplusm" if "kplusm" in key else "k")
     info = {"model": model, "arch": "resnet18", "num_classes": k, "num_aux": int(la),
             "label_augmented": la, "class_names": NAMES, "settings": settings}
+    if method is not None:
+        info["method"] = method
     (d / "eval.json").write_text(json.dumps(info))
     return d
 
@@ -146,13 +150,13 @@ def three_models(root: Path) -> list[Path]:
     z = [0] * 10
     return [
         make_eval_dir(root, "demo-std", {"clean": [5, 0, 1, 0, 0, 0, 0, 0, 0, 0],  # worst: plane
-                                         "pgd40": [5] * 10}),
+                                         "pgd40": [5] * 10}, method="std"),
         make_eval_dir(root, "demo-adv", {"clean": [0, 0, 0, 4, 1, 0, 0, 0, 0, 0],  # worst: cat
                                          "pgd40": [3, 3, 3, 5, 3, 3, 3, 3, 3, 3],
-                                         "fgsm": [2, *z[1:]]}),
+                                         "fgsm": [2, *z[1:]]}, method="adv"),
         make_eval_dir(root, "demo-adv-plus", {"clean": [0, 0, 0, 0, 0, 0, 0, 3, 1, 0],  # worst: horse
                                               "pgd40": [2, 2, 2, 2, 2, 2, 2, 2, 2, 4],  # worst: truck
-                                              "pgd40-kplusm": [1] * 10}),
+                                              "pgd40-kplusm": [1] * 10}, method="adv-plus"),
     ]
 
 
@@ -215,3 +219,24 @@ def test_build_report_generic_pairs_and_duplicates(tmp_path: Path) -> None:
     assert "beta vs alpha: clean error +100.00% relative" in (tmp_path / "r" / "report.md").read_text()
     with pytest.raises(FastadvError, match="'alpha' appears in both"):
         build_report([a, b, a], tmp_path / "r2")
+
+
+def test_report_roles_come_from_the_method_not_the_folder_name(tmp_path: Path) -> None:
+    """Std / Adv / Adv+ pairs follow the method each run trained with (eval.json, else the run's
+    config.toml), never the name: `my-baseline` trained with adv-plus is the Adv+ model."""
+    plain = make_eval_dir(tmp_path, "demo-adv-plus", {"clean": [2] * 10}, method="std")  # the name says Adv+
+    plus = make_eval_dir(tmp_path, "my-baseline", {"clean": [1] * 10}, method="adv-plus")
+    build_report([plain, plus], tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Adv+ vs Std (demo-adv-plus → my-baseline): clean error -50.00% relative" in md, md
+
+    # an eval.json from before "method" was recorded: the training run's config.toml beside the checkpoint
+    run = tmp_path / "runs" / "my-baseline"
+    old = make_eval_dir(run, "eval", {"clean": [1] * 10})
+    info = json.loads((old / "eval.json").read_text())
+    (old / "eval.json").write_text(json.dumps({**info, "model": "my-baseline", "checkpoint": str(run / "checkpoint.pt")}))
+    (run / "config.toml").write_text('name = "my-baseline"\n[method]\nname = "adv-plus"\n')
+    (run / "train.jsonl").write_text("")
+    assert model_metrics(old)["method"] == "adv-plus"
+    (run / "train.jsonl").unlink()  # no training log: an evaluation-only (--weights) folder, no method
+    assert model_metrics(old)["method"] is None

@@ -300,6 +300,7 @@ def test_eval_weights_on_the_demo_writes_the_usual_report(tmp_path):
             "--no-progress", "--set", "eval.steps=1", "--set", "data.limit_val=40"]
     assert main(args) == 0
     assert (out / "report" / "report.html").is_file() and (out / "eval" / "predictions" / "clean.csv").is_file()
+    assert json.loads((out / "eval" / "eval.json").read_text())["method"] is None  # not trained here: no report role
     ckpt = load_checkpoint(out)
     assert ckpt["config"]["model"]["weights"] == str(tmp_path / "rb.pt") and ckpt["config"]["model"]["mean"] == list(MEAN) \
         or tuple(ckpt["config"]["model"]["mean"]) == pytest.approx(MEAN)

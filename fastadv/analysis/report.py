@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastadv.errors import FastadvError
+from fastadv.methods.registry import method_names, method_spec
 from fastadv.analysis.figures import classwise_figure, imagenet_c_figure, imagenet_x_figure
 from fastadv.analysis.metrics import CORRUPTIONS, relative_change
 from fastadv.analysis.report_robustness import add_sections, headline_fields, headline_lines
@@ -27,7 +28,6 @@ from fastadv.analysis.report_ranking import rank_methods, ranking_table, run_ent
 
 DASH = "—"
 SKIPPED = "skipped"
-ROLES = (("adv-plus", "Adv+"), ("adv", "Adv"), ("std", "Std"))  # longest suffix first
 
 
 def _finite(obj: Any) -> Any:
@@ -82,20 +82,17 @@ def _title(models: list[dict[str, Any]], spec: SettingSpec) -> str:
     return spec.display(next((k for m in models for k in _keys(m, spec) if k), None))
 
 
-def _role(name: str) -> str | None:
-    """Std / Adv / Adv+ when the model name ends in std / adv / adv-plus after a separator."""
-    low = name.lower()
-    for suffix, role in ROLES:
-        if low == suffix or any(low.endswith(sep + suffix) for sep in "-_./ "):
-            return role
-    return None
+def _role(model: dict[str, Any]) -> str | None:
+    """Std / Adv / Adv+ from the registry entry of the method the run trained with (eval.json), never its name."""
+    method = model.get("method")
+    return (method_spec(method).role or None) if method in method_names() else None
 
 
 def _pairs(models: list[dict[str, Any]]) -> list[tuple[str, dict, str, dict]]:
     """(label, before, label, after): the paper's Std/Adv/Adv+ pairs, else later models vs the first."""
     by_role: dict[str, dict] = {}
     for m in models:
-        by_role.setdefault(_role(m["model"]) or "", m)
+        by_role.setdefault(_role(m) or "", m)
     by_role.pop("", None)
     if len(by_role) >= 2:
         order = [("Std", "Adv"), ("Std", "Adv+"), ("Adv", "Adv+")]

@@ -116,6 +116,21 @@ def check_same_images(first: Predictions, other: Predictions) -> None:
                                f"(e.g. {_examples(differ)}); they must come from the same dataset.")
 
 
+def _run_method(eval_dir: Path, info: dict[str, Any]) -> str | None:
+    """The training method of an eval.json written before it recorded one: [method] name of the
+    config.toml beside the checkpoint (or above the eval dir) of a training run (train.jsonl there)."""
+    from fastadv.config import tomllib
+
+    checkpoint = Path(str(info.get("checkpoint") or eval_dir))
+    for run in dict.fromkeys((checkpoint.parent, eval_dir.parent)):
+        if (run / "config.toml").is_file() and (run / "train.jsonl").is_file():
+            try:
+                return str(tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))["method"]["name"])
+            except (tomllib.TOMLDecodeError, KeyError, TypeError):
+                return None
+    return None
+
+
 def _eval_dir_model(eval_dir: Path, sources: Sources) -> dict[str, Any]:
     info = _load_eval_json(eval_dir)
     k = int(info["num_classes"])
@@ -145,7 +160,7 @@ def _eval_dir_model(eval_dir: Path, sources: Sources) -> dict[str, Any]:
         "model": str(info["model"]), "arch": info.get("arch"), "num_classes": k, "num_aux": num_aux,
         "label_augmented": bool(info.get("label_augmented", num_aux > 0)), "class_names": names,
         "source": str(eval_dir), "eval_dir": str(eval_dir), "settings": settings, "suites": {},
-        "subset": info.get("subset"),
+        "subset": info.get("subset"), "method": info["method"] if "method" in info else _run_method(eval_dir, info),
     }
     clean = loaded.get(CLEAN)
     real_path = sources.real_labels or info.get("real_labels")

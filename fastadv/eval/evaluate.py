@@ -67,6 +67,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     batch_size = cfg.eval.batch_size or cfg.data.eval_batch_size
     info: dict[str, Any] = {
         "model": cfg.name, "checkpoint": str(ckpt_path), "arch": cfg.model.arch,
+        "method": None if "weights_source" in ckpt else cfg.method.name,  # --weights: not trained here
         "num_classes": cfg.model.num_classes, "num_aux": cfg.model.num_aux,
         "label_augmented": cfg.model.num_aux > 0, "class_names": list(dataset.classes),
         "data": {"backend": cfg.data.backend, "path": cfg.data.path, "images": len(dataset)},

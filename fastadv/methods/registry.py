@@ -36,6 +36,7 @@ class MethodSpec:
     checks: tuple[Callable[[Config], None], ...] = field(default=())  # extra validation, torch-free
     single_step: bool = False  # trains on one-step attacks (catastrophic overfitting): train.on_overfit=auto guards it
     cost: Callable[[Config], float] | None = None  # forward-pass equivalents per training image (None: the inner's)
+    role: str = ""  # the paper's report column it fills: "Std", "Adv" or "Adv+" ("" = none; the report pairs by it)
 
     def build(self, cfg: Config) -> Any:
         factory = self.factory
@@ -147,11 +148,13 @@ _FGSM_RS = "fastadv.methods.fast:fgsm_rs_from_config"
 _FREE = "fastadv.methods.fast:FreeAdversarialTraining.from_config"
 for _spec in (
     MethodSpec("std", "clean training, plain one-hot label (Std)",
-               "fastadv.methods.standard:StandardTraining.from_config", adversarial=False, cost=lambda cfg: 3),
+               "fastadv.methods.standard:StandardTraining.from_config", adversarial=False, cost=lambda cfg: 3,
+               role="Std"),
     MethodSpec("adv", "PGD adversarial training, plain one-hot label (Adv; Madry et al. 2018)",
-               "fastadv.methods.adversarial:AdversarialTraining.from_config", cost=_pgd_cost),
+               "fastadv.methods.adversarial:AdversarialTraining.from_config", cost=_pgd_cost, role="Adv"),
     MethodSpec("adv-plus", "PGD adversarial training with the label-augmented 'adv' target, K+M logits (Adv+)",
-               "fastadv.methods.adversarial:AdversarialTraining.from_config", label_augmented=True, cost=_pgd_cost),
+               "fastadv.methods.adversarial:AdversarialTraining.from_config", label_augmented=True, cost=_pgd_cost,
+               role="Adv+"),
     MethodSpec("trades", "TRADES: clean CE + beta * KL(f(x) || f(x')) (Zhang et al. 2019)",
                "fastadv.methods.trades:Trades.from_config", checks=(_trades_attack_options,), cost=_trades_cost),
     MethodSpec("cfa-at", "CFA on PGD-AT: class-wise eps (CCM) and gated weight averaging (FAWA; Wei et al. 2023)",
