@@ -3,7 +3,7 @@
 See the package docstring for the calling convention. Step sizes are always explicit:
 a PGD is given either `alpha` (the step) or `alpha_ratio` (step = alpha_ratio * eps, per
 sample when eps is per sample); nothing is defaulted silently. The config's documented
-shorthand `attack.alpha = 0` (step eps / 4, REFERENCE.md §2) is resolved in one place,
+shorthand `attack.alpha = 0` (step eps / 4, docs/reference/methods.md: PGD) is resolved in one place,
 `training_attack`.
 """
 
@@ -21,7 +21,7 @@ from fastadv.attacks import HEADS
 from fastadv.config import ATTACK_MODEL_MODES, AttackConfig, check_eps
 from fastadv.errors import FastadvError
 
-TRAIN_ALPHA_RATIO = 0.25  # attack.alpha = 0 in a recipe: the training PGD steps eps / 4 (REFERENCE.md §2)
+TRAIN_ALPHA_RATIO = 0.25  # attack.alpha = 0 in a recipe: the training PGD steps eps / 4 (docs/reference/methods.md: PGD)
 
 Eps = float | torch.Tensor  # a scalar, or one eps per sample ([B], class-wise methods)
 
@@ -79,7 +79,7 @@ def check_eps_values(eps: torch.Tensor) -> None:
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, num_classes: int, head: str, temperature: float = 1.0) -> torch.Tensor:
     """Mean cross-entropy the attack maximizes: over the K class logits or over all K+M logits.
 
-    temperature != 1 divides the logits first (Temperature-PGD, REFERENCE.md §7).
+    temperature != 1 divides the logits first (Temperature-PGD, docs/reference/methods.md).
     """
     if head == "k":
         logits = logits[:, :num_classes]
