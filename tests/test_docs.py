@@ -218,3 +218,29 @@ def test_a_dangling_citation_is_caught():
     text = ("see REFERENCE.md §8, docs/reference/methods.md, resources/README.md, docs/reference/nope.md, "
             "../shared/data, runs/report/report.md")
     assert dangling_citations(text, files) == ["REFERENCE.md", "docs/reference/nope.md", "../shared/"]
+
+
+# ----------------------------------------------------------------------------- measured claims say where
+DEVICE = re.compile(r"AMD EPYC|Intel|H100|H200|GPU:|2-core")
+
+
+def unplaced_measurements(text: str) -> list[str]:
+    """Headings of sections that hold a table of measured numbers (Markdown table with digits) but name no machine."""
+    bad = []
+    for section in re.split(r"\n(?=## )", text):
+        heading = section.splitlines()[0] if section.strip() else ""
+        table_rows = [line for line in section.splitlines() if line.startswith("|") and re.search(r"\d", line)]
+        if table_rows and not DEVICE.search(section):
+            bad.append(heading)
+    return bad
+
+
+def test_every_measured_table_names_its_machine():
+    pages = {"README.md": (ROOT / "README.md").read_text(), "docs/results.md": (ROOT / "docs" / "results.md").read_text()}
+    readme = pages["README.md"]
+    measured = {"README.md": "\n".join(s for s in re.split(r"\n(?=## )", readme) if "measured" in s.lower()[:200]),
+                "docs/results.md": pages["docs/results.md"]}
+    bad = [f"{page}: {h}" for page, text in measured.items() for h in unplaced_measurements(text)]
+    assert not bad, "measured tables without the machine they were measured on:\n" + "\n".join(bad)
+    assert "a few minutes" not in readme + (ROOT / "docs" / "getting-started.md").read_text()
+    assert unplaced_measurements("## Speed\n\n| a | 1.0 |\n") == ["## Speed"]
