@@ -185,8 +185,12 @@ _OUTSIDE = re.compile(r"(?:\.\./shared/|/work/shared/)")
 
 
 def _tracked() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (an unpacked archive): every file but caches
+        skip = {".git", ".venv", "site", "runs", "__pycache__", ".pytest_cache"}
+        return [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.relative_to(ROOT).parts)]
     return [p for p in out.splitlines() if (ROOT / p).exists()]
 
 
@@ -244,3 +248,20 @@ def test_every_measured_table_names_its_machine():
     assert not bad, "measured tables without the machine they were measured on:\n" + "\n".join(bad)
     assert "a few minutes" not in readme + (ROOT / "docs" / "getting-started.md").read_text()
     assert unplaced_measurements("## Speed\n\n| a | 1.0 |\n") == ["## Speed"]
+
+
+def make_targets_in(text: str) -> set[str]:
+    """Targets of the `make ...` commands in a page's code (variables like DATA=... are not targets)."""
+    targets = set()
+    for code, _ in _code_texts(text):
+        for m in re.finditer(r"(?:^|[\s;(])make((?: +[A-Za-z][\w-]*(?=\s|$))+)", re.sub(r"\s*\\\n\s*", " ", code), re.M):
+            targets |= set(m.group(1).split())
+    return targets
+
+
+def test_every_make_target_in_the_docs_exists():
+    makefile = (ROOT / "Makefile").read_text()
+    phony = set(re.search(r"^\.PHONY:(.*)$", makefile, re.M).group(1).split())
+    bad = sorted(f"{p.relative_to(ROOT)}: make {t}" for p in _doc_files() for t in make_targets_in(p.read_text()) - phony)
+    assert not bad, "make targets in the docs that the Makefile lacks:\n" + "\n".join(bad)
+    assert make_targets_in("```\nmake train-adv DATA=/x ARGS=\"a\"\nmake eval\n```\n`make tests`") == {"train-adv", "eval", "tests"}
