@@ -265,3 +265,32 @@ def test_every_make_target_in_the_docs_exists():
     bad = sorted(f"{p.relative_to(ROOT)}: make {t}" for p in _doc_files() for t in make_targets_in(p.read_text()) - phony)
     assert not bad, "make targets in the docs that the Makefile lacks:\n" + "\n".join(bad)
     assert make_targets_in("```\nmake train-adv DATA=/x ARGS=\"a\"\nmake eval\n```\n`make tests`") == {"train-adv", "eval", "tests"}
+
+
+def module_reference_errors(dotted: str) -> list[str]:
+    """`fastadv.a.b.name` in the docs: a module file that exists and defines (or imports) `name` (read, not imported)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 1, -1):
+        base = ROOT / ("kernels" if parts[1:2] == ["kernels"] else "fastadv")
+        rel = parts[2:cut] if parts[1:2] == ["kernels"] else parts[1:cut]
+        for file in (base.joinpath(*rel).with_suffix(".py"), base.joinpath(*rel, "__init__.py")):
+            if file.is_file():
+                rest = parts[cut:]
+                if rest and not re.search(rf"^\s*(?:def|class)\s+{rest[0]}\b|^\s*{rest[0]}\s*[:=]|\bimport\b.*\b{rest[0]}\b",
+                                          file.read_text(), re.M):
+                    return [f"{dotted}: {file.relative_to(ROOT)} has no {rest[0]}"]
+                return []
+    return [f"{dotted}: no such module"]
+
+
+def test_every_module_named_in_the_docs_exists():
+    bad = []
+    for path in _doc_files():
+        for code, _ in _code_texts(path.read_text()):
+            for m in re.finditer(r"(?<![\w./-])fastadv(?:\.\w+)+", code):
+                if ".my_" in m.group(0):  # the how-to examples name a module you would write
+                    continue
+                bad += [f"{path.relative_to(ROOT)}: {e}" for e in module_reference_errors(m.group(0).rstrip("."))]
+    assert not bad, "modules or names in the docs that the code lacks:\n" + "\n".join(bad)
+    assert module_reference_errors("fastadv.cli.build_parser") == []
+    assert module_reference_errors("fastadv.cli.no_such_thing") and module_reference_errors("fastadv.nope.x")
