@@ -31,12 +31,13 @@ CKPTS ?= $(foreach m,$(MODELS),$(wildcard $(RUNS)/$(PREFIX)-$(m)))
 # System packages FFCV builds against (Debian names); `make system-deps` installs the missing ones.
 SYSTEM_DEPS := pkg-config g++ libturbojpeg0-dev libopencv-dev
 
-.PHONY: help system-deps install demo-methods test bench gpu-check train-std train-adv train-adv-plus eval clean-runs
+.PHONY: help system-deps install demo-methods test docs bench gpu-check train-std train-adv train-adv-plus eval clean-runs
 
 help:  ## list the targets
 	@echo "make system-deps      apt-get the packages FFCV builds against ($(SYSTEM_DEPS))"
 	@echo "make install          create .venv and install fastadv with its test extras (quick when done); EXTRAS=dali,ffcv adds the data backends"
 	@echo "make test             run the test suite (CPU; Triton kernels under TRITON_INTERPRET=1)"
+	@echo "make docs             build the documentation site into site/ (MkDocs, --strict; reference pages from the code)"
 	@echo "make train-std        train, evaluate and report Std   (demo data, or DATA=/path/to/imagenet)"
 	@echo "make train-adv        train, evaluate and report Adv   (PGD-10 adversarial training)"
 	@echo "make train-adv-plus   train, evaluate and report Adv+  (PGD-10 + label augmentation); a finished run is reused (FORCE=1 redoes it)"
@@ -76,6 +77,17 @@ $(VENV)/.fastadv-extra-%: requirements-%.txt $(STAMP)
 
 test: install  ## run the test suite (CPU; Triton kernels run under TRITON_INTERPRET=1)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+
+# The documentation site: the reference pages are regenerated from the code, then MkDocs builds with --strict
+# (any warning fails). requirements-docs.txt pins MkDocs; installed once (stamp), like the extras.
+DOCS_STAMP := $(VENV)/.fastadv-docs
+$(DOCS_STAMP): requirements-docs.txt $(STAMP)
+	$(BIN)/python -m pip install -r requirements-docs.txt
+	@touch $@
+
+docs: $(DOCS_STAMP)  ## build the documentation site into site/ (MkDocs --strict)
+	$(BIN)/python docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 bench: install  ## benchmark the fast path against the research and eager AMP loops (BENCH_ARGS=...)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -12,7 +12,7 @@ Two cases bound the cost of `fastadv eval --suite autoattack` (fastadv.attacks.a
   the cost of an image that is robust, as most are for a robust ImageNet model.
 Each case reports wall images/sec here and, counted by a wrapper, forward passes and input-gradient
 backward passes per image. The per-image pass counts do not depend on the device, which is what
-the README's full-ImageNet estimate is computed from (a stated assumption about GPU throughput).
+the full-ImageNet estimate in docs/guides/evaluation.md is computed from (a stated assumption about GPU throughput).
 """
 
 from __future__ import annotations

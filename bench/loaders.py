@@ -3,7 +3,7 @@
 Each backend runs in its own process (FFCV changes process-wide threading state), with the
 same batch size and number of workers. FFCV first writes a .beton of the folder (not timed).
 
-    python -m bench.loaders --path ../shared/data/imagenet-samples --workers 2
+    python -m bench.loaders --path /data/imagenet-samples --workers 2
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 Prints a table and writes JSON to bench/results/<device>-<date>.json (-2, -3, ... when that
 exists: a result is never replaced). Warm-up calls are excluded; each number is the median of
-repeated runs. The cost model is REFERENCE.md §8: one forward's FLOPs are counted by
+repeated runs. The cost model is docs/reference/methods.md, costs: one forward's FLOPs are counted by
 torch.utils.flop_counter at the benchmarked size.
 """
 
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu-amp", choices=["auto", "bf16", "off"], default="auto",
                    help="CPU AMP of the eager-amp-cl and fastadv variants: auto = bf16 where the CPU has native bf16")
     p.add_argument("--skip-kernels", action="store_true")
-    p.add_argument("--skip-loaders", action="store_true", help="no loader throughput (needs ../shared/data/imagenet-samples)")
+    p.add_argument("--skip-loaders", action="store_true", help="no loader throughput (needs a folder of sample photos, see bench.loaders)")
     p.add_argument("--loader-path", default=str(loaders.SAMPLES), help="JPEG class folders for the loader benchmark")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON result")
     return p.parse_args(argv)

@@ -237,7 +237,7 @@ def _research_eval(s: Setup, num_classes: int) -> torch.Tensor:
         return s.model(x_adv)[:, :num_classes].argmax(dim=1)
 
 
-# Forward passes per image of each workload (REFERENCE.md §8): an input-gradient backward
+# Forward passes per image of each workload (docs/reference/methods.md, costs): an input-gradient backward
 # costs about one forward, a full backward about two.
 FORWARDS_PER_IMAGE = {
     "pgd10_attack": 2 * TRAIN_STEPS,

@@ -97,7 +97,7 @@ def use_triton(tensor: torch.Tensor) -> bool:
 
 
 def pgd_update(x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, alpha, eps) -> torch.Tensor:
-    """x_adv <- clip(clip(x_adv + alpha sign(grad), x - eps, x + eps), 0, 1) (REFERENCE.md §2)."""
+    """x_adv <- clip(clip(x_adv + alpha sign(grad), x - eps, x + eps), 0, 1) (docs/reference/methods.md: PGD)."""
     fused = (
         use_triton(x_adv)
         and x_adv.dtype == torch.float32

@@ -1,4 +1,4 @@
-"""Fused label-augmented cross-entropy (REFERENCE.md §3): Triton forward and backward.
+"""Fused label-augmented cross-entropy (docs/reference/methods.md: LA): Triton forward and backward.
 
     y~   = concat[(1 - d) onehot_K(y), d onehot_M(j)]      (d = 0 when j < 0 or no op)
     loss = lse(z) - (1 - d) z[y] - d z[K + j]

@@ -1,4 +1,4 @@
-"""Fused l_inf PGD update (REFERENCE.md §2) as one Triton pass over memory.
+"""Fused l_inf PGD update (docs/reference/methods.md: PGD) as one Triton pass over memory.
 
     stepped = x_adv + alpha * sign(grad)
     delta   = min(max(stepped - x, -eps), eps)

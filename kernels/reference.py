@@ -1,6 +1,6 @@
 """Plain-torch versions of the fused kernels: the CPU path and the tests' ground truth.
 
-Both functions follow REFERENCE.md sections 2 and 3 op by op, so a fused kernel that keeps
+Both functions follow docs/reference/methods.md: PGD, LA op by op, so a fused kernel that keeps
 the same order of floating-point operations reproduces them exactly in fp32.
 """
 

@@ -23,7 +23,7 @@ from fastadv.analysis.predictions import write_predictions
 from fastadv.analysis.real import load_real_labels, real_suite
 from fastadv.analysis.scoring import Sources, model_metrics
 
-# REFERENCE.md section 5, copied by hand (so a slip in the code's table cannot hide).
+# docs/reference/metrics.md, copied by hand (so a slip in the code's table cannot hide).
 ALEXNET_BY_HAND = {
     "gaussian_noise": .886428, "shot_noise": .894468, "impulse_noise": .922640, "defocus_blur": .819880,
     "glass_blur": .826268, "motion_blur": .785948, "zoom_blur": .798360, "snow": .866816, "frost": .826572,

@@ -1,4 +1,4 @@
-"""The label-augmented cross-entropy (REFERENCE.md §3): formula, gradient, edge cases."""
+"""The label-augmented cross-entropy (docs/reference/methods.md: LA): formula, gradient, edge cases."""
 
 from __future__ import annotations
 

@@ -336,5 +336,5 @@ def test_make_train_reuses_a_finished_run(trained, tmp_path):
 # 20: the README's demo numbers name their CPU
 def test_readme_demo_numbers_name_the_cpu():
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Demo results (measured)")[1].split("\n## ")[0]
+    section = readme.split("## Measured: the demo")[1].split("\n## ")[0]
     assert "AMD EPYC" in section

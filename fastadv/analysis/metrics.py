@@ -1,4 +1,4 @@
-"""Error metrics, pure functions on predictions (REFERENCE.md section 5): top-1 and class-wise
+"""Error metrics, pure functions on predictions (docs/reference/metrics.md): top-1 and class-wise
 error, worst classes, relative changes, ImageNet-C mCE (unnormalized and AlexNet-normalized)
 and ImageNet-ReaL error.
 

@@ -382,7 +382,7 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources
         doc.add(Heading(2, "Methods ranked: worst-class robust accuracy and class SD (mean ± SD over seeds)"),
                 Table(header, body),
                 Para("PGD is the K-head setting above. Forward passes per image per epoch of optim.epochs "
-                     "(REFERENCE.md §8: input-gradient backward ~ 1, full backward ~ 2); img/s is the median of "
+                     "(docs/reference/methods.md, costs: input-gradient backward ~ 1, full backward ~ 2); img/s is the median of "
                      "each run's train.jsonl, averaged over seeds, on the machine that trained it."))
     atomic_write(out_dir / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2, allow_nan=False) + "\n"))
     atomic_write(out_dir / "report.md", lambda f: f.write(to_markdown(doc)))

@@ -86,9 +86,9 @@ def _conventions(doc: Doc, models: list[dict[str, Any]]) -> None:
         doc.add(Heading(2, "Attack conventions side by side (error %)"),
                 Table(["model", "standard, K-head", "standard, K+M", "paper-code", "paper-code pixel eps (mean over channels)"],
                       rows, 1),
-                Para("Standard: true label, eps in pixels, [0, 1] box (REFERENCE.md §2). Paper-code: the paper's "
+                Para("Standard: true label, eps in pixels, [0, 1] box (docs/reference/methods.md: PGD). Paper-code: the paper's "
                      "public code (all K+M logits, the model's own K+M prediction as label, eps and step in "
-                     "normalized-input units, no box; REFERENCE.md §9). The gap between the columns is the convention."))
+                     "normalized-input units, no box; docs/reference/methods.md). The gap between the columns is the convention."))
 
 
 def headline_fields(model: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ time: ``attack = PGD(eps=8/255, steps=10, alpha=2/255, num_classes=K)``, then
 compiled wrapper and the FAWA average alike. torchattacks binds the model at
 construction instead (``atk = torchattacks.PGD(model, eps=...)``, then ``atk(x, y)``);
 `bound(attack, model)` gives that style when a user expects it. Both run the same loop
-(`linf_attack`, REFERENCE.md §2): eval mode and frozen parameters during the attack,
+(`linf_attack`, docs/reference/methods.md: PGD): eval mode and frozen parameters during the attack,
 input gradients only, sign step, projection to the eps-ball and the [0, 1] box, the last
 iterate returned.
 

@@ -3,7 +3,7 @@
 See the package docstring for the calling convention. Step sizes are always explicit:
 a PGD is given either `alpha` (the step) or `alpha_ratio` (step = alpha_ratio * eps, per
 sample when eps is per sample); nothing is defaulted silently. The config's documented
-shorthand `attack.alpha = 0` (step eps / 4, REFERENCE.md §2) is resolved in one place,
+shorthand `attack.alpha = 0` (step eps / 4, docs/reference/methods.md: PGD) is resolved in one place,
 `training_attack`.
 """
 
@@ -23,7 +23,7 @@ from fastadv.attacks.loss import Eps, attack_loss  # noqa: F401 (re-exported)
 from fastadv.config import ATTACK_MODEL_MODES, AttackConfig, check_eps
 from fastadv.errors import FastadvError
 
-TRAIN_ALPHA_RATIO = 0.25  # attack.alpha = 0 in a recipe: the training PGD steps eps / 4 (REFERENCE.md §2)
+TRAIN_ALPHA_RATIO = 0.25  # attack.alpha = 0 in a recipe: the training PGD steps eps / 4 (docs/reference/methods.md: PGD)
 
 @contextlib.contextmanager
 def attack_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:

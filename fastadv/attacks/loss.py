@@ -12,7 +12,7 @@ Eps = float | torch.Tensor  # a scalar, or one eps per sample ([B], class-wise m
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, num_classes: int, head: str, temperature: float = 1.0) -> torch.Tensor:
     """Mean cross-entropy the attack maximizes: over the K class logits or over all K+M logits.
 
-    temperature != 1 divides the logits first (Temperature-PGD, REFERENCE.md §7).
+    temperature != 1 divides the logits first (Temperature-PGD, docs/reference/methods.md).
     """
     if head == "k":
         logits = logits[:, :num_classes]

@@ -1,6 +1,6 @@
-"""PGD as the primary paper's public code runs it (f-amerehi/LA notebook, cleverhans; REFERENCE.md §9).
+"""PGD as the primary paper's public code runs it (f-amerehi/LA notebook, cleverhans; docs/reference/methods.md).
 
-Differences from the standard PGD (fastadv.attacks.linf, REFERENCE.md §2), each on purpose:
+Differences from the standard PGD (fastadv.attacks.linf, docs/reference/methods.md: PGD), each on purpose:
 - the label is the model's own prediction over all K+M logits on the clean image (cleverhans y=None);
 - the loss is cross-entropy over all K+M logits;
 - eps and the step are in normalized-input units: the pixel perturbation of channel c is at most

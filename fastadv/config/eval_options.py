@@ -25,7 +25,7 @@ class RobustnessOptions:
     masking_tolerance: float = 0.01  # robust-accuracy slack of the checks
     masking_zero: float = 0.02  # "~0%": robust accuracy at the largest eps at most this
     transfer_from: str = ""  # the Std run the transfer attack is crafted on ("" = check skipped)
-    attack_convention: str = "standard"  # | paper-code: also PGD as the paper's code runs it (REFERENCE.md §9)
+    attack_convention: str = "standard"  # | paper-code: also PGD as the paper's code runs it (docs/reference/methods.md)
     paper_eps: float = 0.03  # paper-code eps and step, in normalized-input units
     paper_step: float = 0.01
 

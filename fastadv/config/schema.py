@@ -51,7 +51,7 @@ class DataConfig:
     image_size: int = 224  # train random-resized-crop size and val center-crop size
     val_resize: int = 256  # val: resize shorter side to this, then center crop
     # resize filter of the crops: auto (the model's own: timm pretrained_cfg / torchvision weights, written
-    # back when the config loads) | bilinear | bicubic; ffcv always uses its own filter (see README)
+    # back when the config loads) | bilinear | bicubic; ffcv always uses its own filter (docs/guides/models.md)
     interpolation: str = "auto"
     min_scale: float = 0.08  # RandomResizedCrop lower scale bound
     batch_size: int = 64  # per device, training
@@ -150,7 +150,7 @@ class TrainConfig:
     max_steps: int = 0
     progress: bool = True
     holdout_per_class: float = 0.0  # fraction of each class held out of training as a validation split (FAWA)
-    # Under torchrun (see README, Multi-GPU): data.batch_size is per process, global batch = batch_size x world size.
+    # Under torchrun (see docs/guides/multi-gpu.md): data.batch_size is per process, global batch = batch_size x world size.
     lr_scaling: str = "none"  # none | linear (optim.lr x world size) | sqrt (optim.lr x sqrt(world size))
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)
     dist_timeout_s: float = 1800.0  # a collective waiting longer (a rank died or hangs) stops every rank with an error

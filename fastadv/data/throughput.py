@@ -2,7 +2,7 @@
 
     from fastadv.config import DataConfig
     from fastadv.data.throughput import loader_throughput
-    cfg = DataConfig(path="../shared/data/imagenet-samples", backend="dali", workers=2, same_split=True)
+    cfg = DataConfig(path="/data/imagenet-samples", backend="dali", workers=2, same_split=True)
     loader_throughput(cfg, "train", batches=20)   # random-resized crop 224 + flip
 
 For data.backend=ffcv write the .beton first (`fastadv data write-ffcv SRC OUT`, or

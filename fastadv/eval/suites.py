@@ -5,7 +5,7 @@ code take keys, key parsing and display names from here only.
 A *setting* is one pass over the validation images that writes predictions/<key>.csv: "clean",
 PGD-n on the K-class head ("pgd40"), PGD-n on all K+M logits ("pgd40-kplusm", label-augmented
 models only: it can raise its loss through an auxiliary logit, so it overstates robustness,
-REFERENCE.md §3), Temperature-PGD ("tpgd40-T0.5") and each ImageNet-C corruption and severity
+docs/reference/methods.md: LA), Temperature-PGD ("tpgd40-T0.5") and each ImageNet-C corruption and severity
 ("imagenet-c/<corruption>/<severity>"). A *suite* is a row of the metrics' suites table
 ("clean", "real", "imagenet_c", "imagenet_x", "pgd"): done, or skipped with its reason. ReaL and
 ImageNet-X run nothing; they re-score the clean predictions.

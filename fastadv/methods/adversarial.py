@@ -1,5 +1,5 @@
 """Adv and Adv+: PGD adversarial training, with the plain label (Adv) or the
-label-augmented target (Adv+, REFERENCE.md §3): the adversarial example counts as op j
+label-augmented target (Adv+, docs/reference/methods.md: LA): the adversarial example counts as op j
 and gets y~ = [(1 - delta) onehot_K(y), delta onehot_M(j)].
 """
 

@@ -1,4 +1,4 @@
-"""CFA (Wei et al., CVPR 2023): class-wise calibrated fair adversarial training (REFERENCE.md §7).
+"""CFA (Wei et al., CVPR 2023): class-wise calibrated fair adversarial training (docs/reference/methods.md).
 
 Wraps an inner method (PGD-AT, TRADES, or Adv+) and adds:
 - CCM: eps_k = (lambda1 + t_k) * eps, with t_k class k's robust accuracy on the training
@@ -9,7 +9,7 @@ Wraps an inner method (PGD-AT, TRADES, or Adv+) and adds:
   (fawa_gate = false: a plain per-epoch EMA). The average is what gets evaluated.
 Calibration starts after `warmup_epochs`; FAWA as soon as its gate passes (PKU-ML/CFA).
 
-As the reference code runs it (REFERENCE.md §9), each deliberate difference a named option:
+As the reference code runs it (docs/reference/methods.md), each deliberate difference a named option:
 - cfa.normalize_from_start (default true): TRADES+CFA's loss is [CE + beta_y KL] / (1 + beta_y)
   from the first epoch (their b = beta / (1 + beta) at start); false: plain TRADES until CCR starts.
 - cfa.ccm_step = "fixed" (default): the CCM attack keeps the base step (eps / 4 of the base eps);

@@ -1,4 +1,4 @@
-"""Single-step adversarial training at ~FGSM cost (REFERENCE.md §9), with or without label augmentation.
+"""Single-step adversarial training at ~FGSM cost (docs/reference/methods.md), with or without label augmentation.
 
 - FGSM-RS (Wong, Rice & Kolter 2020, "Fast is better than free"): delta ~ U(-eps, eps), one signed
   step of 1.25 eps, projected to the eps-ball and [0, 1]; then the usual training step. It is

@@ -81,7 +81,7 @@ def build_method(cfg: Config) -> Any:
 
 
 def forward_equivalents(cfg: Config) -> float | None:
-    """Forward-pass equivalents per training image per epoch of optim.epochs (REFERENCE.md §8: an
+    """Forward-pass equivalents per training image per epoch of optim.epochs (docs/reference/methods.md, costs: an
     input-gradient backward ~ 1 forward, a full backward ~ 2); wrappers add their own epoch-end work."""
     spec = method_spec(cfg.method.name)
     cost = spec.cost or (method_spec(spec.inner).cost if spec.inner else None)

@@ -1,4 +1,4 @@
-"""TRADES (Zhang et al. 2019) as yaodongyu/TRADES' trades.py runs it (REFERENCE.md §9):
+"""TRADES (Zhang et al. 2019) as yaodongyu/TRADES' trades.py runs it (docs/reference/methods.md):
 
 - the KL attack in eval mode from x + 0.001 N(0, 1), 10 steps of 0.007 at eps 0.031 (step ratio
   0.007 / 0.031 of eps when attack.alpha = 0), projected and clipped to [0, 1];
@@ -8,7 +8,7 @@
 - loss = CE(f(x), y) + beta * KL(f(x) || f(x')) averaged over the batch.
 
 With per-sample betas (CFA's CCR, or CFA's normalization from the first epoch) the per-sample loss
-is [CE + beta_y KL] / (1 + beta_y) (REFERENCE.md §7). A per-sample CE weight (DAFA) scales CE only,
+is [CE + beta_y KL] / (1 + beta_y) (docs/reference/methods.md). A per-sample CE weight (DAFA) scales CE only,
 as rucy74/DAFA's trades_loss does; optim.label_smoothing smooths the CE term only (not the KL
 term, not the KL attack). The attack's own options: attack.head is honoured (the KL over
 the K logits or all K+M), attack.model_mode too; attack.random_start = false and

@@ -28,7 +28,7 @@ from fastadv.data.subset import IndexSubset
 from fastadv.errors import FastadvError
 from fastadv.runtime.device import resolve_device
 
-# Test-only fault injection (documented in the README): the last rank exits / sleeps when its
+# Test-only fault injection (documented in docs/guides/multi-gpu.md): the last rank exits / sleeps when its
 # progress reaches this optimizer step, on the first attempt of a torchrun job only.
 DIE_AT_STEP = "FASTADV_TEST_DIE_AT_STEP"
 HANG_AT_STEP = "FASTADV_TEST_HANG_AT_STEP"
@@ -102,7 +102,7 @@ def setup(device_setting: str, timeout_s: float) -> tuple[RankInfo, torch.device
     if not _active():
         for key in ("MASTER_ADDR", "MASTER_PORT"):
             if key not in os.environ:
-                raise FastadvError(f"RANK is set but {key} is not: launch with torchrun (see README, Multi-GPU)")
+                raise FastadvError(f"RANK is set but {key} is not: launch with torchrun (see docs/guides/multi-gpu.md)")
         # NCCL: a collective past the timeout aborts the communicator (the watchdog tears the process down).
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -122,7 +122,7 @@ def _attempt_store(world: int, timeout_s: float) -> Any:
     the process group then reads the previous attempt's addresses and fails to connect
     (pytorch/pytorch#135712). On one node the restart count is the same for every worker, so
     the keys get an attempt prefix; on several nodes it is not: set
-    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun there (README, Multi-GPU).
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun there (docs/guides/multi-gpu.md).
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
         return None
