@@ -306,6 +306,8 @@ def module_reference_errors(dotted: str) -> list[str]:
 def test_every_module_named_in_the_docs_exists():
     bad = []
     for path in _doc_files():
+        if path.name == "changelog.md":  # names the old module paths on purpose (old -> new)
+            continue
         for code, _ in _code_texts(path.read_text()):
             for m in re.finditer(r"(?<![\w./-])fastadv(?:\.\w+)+", code):
                 if ".my_" in m.group(0):  # the how-to examples name a module you would write
