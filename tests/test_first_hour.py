@@ -13,10 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from fastadv.cli import main, parse_args
+from fastadv.cli import build_parser, main
 from fastadv.runfolder import LOCK_NAME
 
 ROOT = Path(__file__).parent.parent
+
+
+def parse_args(argv: list[str]):
+    from fastadv.cli_grammar import parse_args as parse
+
+    return parse(build_parser(), argv)
 TINY = ["data.image_size=16", "data.limit_train=32", "data.limit_val=16", "data.batch_size=16",
         "data.eval_batch_size=8", "attack.steps=1", "eval.steps=2", "optim.epochs=1", "train.log_every=1",
         "train.progress=false"]
@@ -134,7 +140,7 @@ def test_sigterm_saves_a_checkpoint_and_releases_the_lock(tmp_path):
 
 
 def test_sigusr1_during_the_loop_is_deferred_to_the_step_boundary():
-    from fastadv.train.stop import STOP, Stopped
+    from fastadv.stop_signals import STOP, Stopped
 
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:

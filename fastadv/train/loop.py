@@ -35,7 +35,7 @@ from fastadv.train.runlog import JsonlLog, log_names
 from fastadv.train.schedule import lr_at
 from fastadv.train.state import Progress, TrainState
 from fastadv.train.step import FiniteGuard, train_step
-from fastadv.train.stop import STOP, Stopped
+from fastadv.stop_signals import STOP, Stopped
 
 
 class Trainer:
