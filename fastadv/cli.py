@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="fastadv: %(levelname)s: %(message)s")
     args = parse_args(build_parser(), list(sys.argv[1:] if argv is None else argv))
-    STOP.install()  # SIGTERM / SIGUSR1 stop like Ctrl-C (train: after saving a checkpoint)
+    replaced = STOP.install()  # SIGTERM / SIGUSR1 stop like Ctrl-C (train: after saving a checkpoint)
     try:
         args.func(args)
     except FastadvError as exc:
@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                                                if exc.saved_step is not None else "")
         print(f"fastadv: {what}" + (f"; {hint()}" if hint else ""), file=sys.stderr)
         return 128 + exc.signum if isinstance(exc, Stopped) else 130
+    finally:
+        STOP.restore(replaced)
     return 0
 
 

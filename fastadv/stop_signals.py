@@ -30,14 +30,17 @@ class StopSignals:
         self.received: int | None = None
         self.armed = False
 
-    def install(self) -> None:
-        """Handle SIGTERM / SIGUSR1 in this process (only possible from the main thread)."""
+    def install(self) -> dict:
+        """Handle SIGTERM / SIGUSR1 in this process (only possible from the main thread); returns the
+        handlers replaced, for `restore`."""
         if threading.current_thread() is not threading.main_thread():
-            return
+            return {}
         self.received, self.armed = None, False
-        for name in self.NAMES:
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), self._handle)
+        return {s: signal.signal(s, self._handle) for s in (getattr(signal, n) for n in self.NAMES if hasattr(signal, n))}
+
+    def restore(self, old: dict) -> None:
+        for signum, handler in old.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
     def _handle(self, signum: int, frame) -> None:
         if self.armed and self.received is None:
