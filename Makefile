@@ -105,14 +105,15 @@ else
   LAUNCH := $(BIN)/fastadv
 endif
 
-# A run folder whose log ends with a "done" event is reused (eval --skip-existing too); FORCE=1 moves it
-# aside (--overwrite) and trains again.
+# A run folder whose log ends with a "done" event is reused (eval --skip-existing too); an unfinished one of
+# the same configuration continues (--continue: after Ctrl-C, SIGTERM); FORCE=1 moves it aside (--overwrite)
+# and trains again.
 $(addprefix train-,$(MODELS)): train-%: install  ## train-std | train-adv | train-adv-plus: train, evaluate and report one model (NPROC=N: torchrun)
 	@run=$(RUNS)/$(PREFIX)-$*; \
 	if [ -z "$(FORCE)" ] && [ -f $$run/checkpoint.pt ] && tail -n 1 $$run/train.jsonl 2>/dev/null | grep -q '"event": "done"'; then \
 	  echo "make train-$*: $$run is a finished run, reused (FORCE=1 trains it again)"; \
 	else \
-	  $(LAUNCH) train --recipe $(PREFIX)-$* $(DATA_ARG) --out $$run $(if $(FORCE),--overwrite) $(ARGS); \
+	  $(LAUNCH) train --recipe $(PREFIX)-$* $(DATA_ARG) --out $$run $(if $(FORCE),--overwrite,--continue) $(ARGS); \
 	fi
 	$(LAUNCH) eval $(RUNS)/$(PREFIX)-$* $(if $(FORCE),,--skip-existing)
 	$(BIN)/fastadv report $(RUNS)/$(PREFIX)-$* --out $(RUNS)/$(PREFIX)-$*/report

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 from fastadv import __version__
+from fastadv.cli_grammar import parse_args
 from fastadv.errors import FastadvError
 
 OVERRIDE_HELP = ("config overrides as section.field=value, e.g. optim.epochs=2 attack.eps=4/255 data.batch_size=128; "
@@ -58,9 +58,12 @@ def _train(args: argparse.Namespace) -> None:
         cfg = load_config(args.recipe, _overrides(args, data="data.path", out="train.out_dir", init="model.init"))
         runfolder.absolute_paths(cfg)
     out = Path(cfg.train.out_dir)
+    if args.continue_run and not resume and (out / "checkpoint.pt").is_file():
+        cfg, resume, source = _continue(out, cfg), str(out), out
     restarting = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
     same_folder = bool(resume) and out.absolute() == source.absolute()
     continuing = same_folder or ((cfg.train.auto_resume or restarting) and (out / "checkpoint.pt").is_file())
+    args.interrupt_hint = lambda: _resume_hint(out, args.argv)
     with runfolder.lock(out, "train"):
         if not continuing and runfolder.is_main_process():
             aside = runfolder.prepare_fresh(out, args.overwrite)
@@ -68,7 +71,6 @@ def _train(args: argparse.Namespace) -> None:
                 print(f"--overwrite: the previous run in {out} was moved to {aside}")
         log = out / "train.jsonl"
         start_line = len(log.read_text(encoding="utf-8").splitlines()) if log.is_file() else 0
-        args.interrupt_hint = lambda: _resume_hint(out)
         start = time.perf_counter()
         from fastadv.train import train
 
@@ -79,11 +81,33 @@ def _train(args: argparse.Namespace) -> None:
         print(train_summary(out, start_line, time.perf_counter() - start))
 
 
-def _resume_hint(out: Path) -> str:
+def _continue(out: Path, cfg):
+    """--continue: the unfinished run in `out` continues when it was started with this configuration
+    (only RESUMABLE fields, e.g. optim.epochs, may differ); another configuration is refused."""
+    from fastadv.runtime import runfolder
+
+    saved = runfolder.saved_config(out)
+    cfg.train.out_dir = saved.train.out_dir  # compared apart: the folder may have moved
+    changes = runfolder.config_changes(saved, cfg)
+    cfg.train.out_dir = str(out)
+    other = {k: v for k, v in changes.items() if not runfolder.resumable(k)}
+    if other:
+        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in list(other.items())[:4])
+        raise FastadvError(f"{out} holds a run of another configuration ({listed}); start over with --overwrite "
+                           f"(make: FORCE=1; the old run is moved aside), or choose another --out")
+    print(f"{out}: continuing its unfinished run from the last checkpoint (same configuration)")
+    if changes:
+        print(runfolder.describe_changes(changes))
+    return cfg
+
+
+def _resume_hint(out: Path, argv: list[str]) -> str:
     """What Ctrl-C prints: the checkpoint's state and the exact command that continues the run."""
+    from fastadv.runtime.hints import command
+
     if not (out / "checkpoint.pt").is_file():
-        return "no checkpoint was written yet; run the same command again to start over (add --overwrite)"
-    return f"the last checkpoint {out / 'checkpoint.pt'} is intact; continue with:\n  fastadv train --resume --out {shlex.quote(str(out))}"
+        return f"no checkpoint was written yet; the same command starts the run again:\n  {command(*argv)}"
+    return f"the last checkpoint {out / 'checkpoint.pt'} is intact; continue with:\n  {command('train', '--resume', '--out', out)}"
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -104,6 +128,10 @@ def _eval(args: argparse.Namespace) -> None:
     from fastadv.eval.summary import eval_summary
 
     runfolder.check_out_path(args.out)
+    from fastadv.runtime.hints import command
+
+    args.interrupt_hint = lambda: ("finished settings are kept (eval/partial/); the same command continues "
+                                   f"where it stopped:\n  {command('eval', *args.argv[1:])}")
     for run in args.runs:
         if args.skip_existing and _evaluated(run, args.out, overrides):
             print(f"{run}: already evaluated (eval.json newer than the checkpoint, same request), skipped")
@@ -220,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume-from", metavar="PATH", help="resume from this checkpoint file or run folder")
     t.add_argument("--overwrite", action="store_true",
                    help="--out holds a run: move it aside to <out>.old-<time> (never deleted) and start fresh")
+    t.add_argument("--continue", dest="continue_run", action="store_true",
+                   help="--out holds an unfinished run of this same recipe and overrides: continue it (what make does); "
+                        "a run of another configuration is refused")
     t.add_argument("--allow-new-dataset", action="store_true",
                    help="resume even though the training data (class list, image count) differs from the run's")
     t.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
@@ -311,17 +342,26 @@ def _add_data_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastadv.runtime.stop_signals import STOP, Stopped
+
     logging.basicConfig(level=logging.WARNING, format="fastadv: %(levelname)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), list(sys.argv[1:] if argv is None else argv))
+    replaced = STOP.install()  # SIGTERM / SIGUSR1 stop like Ctrl-C (train: after saving a checkpoint)
     try:
         args.func(args)
     except FastadvError as exc:
         print(f"fastadv: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         hint = getattr(args, "interrupt_hint", None)
-        print("fastadv: interrupted" + (f"; {hint()}" if hint else ""), file=sys.stderr)
-        return 130
+        what = "interrupted"
+        if isinstance(exc, Stopped):
+            what = f"stopped by {exc.name}" + (f" (checkpoint saved at step {exc.saved_step})"
+                                               if exc.saved_step is not None else "")
+        print(f"fastadv: {what}" + (f"; {hint()}" if hint else ""), file=sys.stderr)
+        return 128 + exc.signum if isinstance(exc, Stopped) else 130
+    finally:
+        STOP.restore(replaced)
     return 0
 
 

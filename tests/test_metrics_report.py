@@ -217,7 +217,7 @@ def test_build_report_generic_pairs_and_duplicates(tmp_path: Path) -> None:
     md_metrics = build_report([a, b], tmp_path / "r")
     assert len(md_metrics["models"]) == 2
     assert "beta vs alpha: clean error +100.00% relative" in (tmp_path / "r" / "report.md").read_text()
-    with pytest.raises(FastadvError, match="'alpha' appears in both"):
+    with pytest.raises(FastadvError, match="given twice"):
         build_report([a, b, a], tmp_path / "r2")
 
 
@@ -240,3 +240,13 @@ def test_report_roles_come_from_the_method_not_the_folder_name(tmp_path: Path) -
     assert model_metrics(old)["method"] == "adv-plus"
     (run / "train.jsonl").unlink()  # no training log: an evaluation-only (--weights) folder, no method
     assert model_metrics(old)["method"] is None
+
+
+def test_runs_sharing_a_recipe_name_are_named_by_folder(tmp_path: Path, capsys) -> None:
+    """Issue 26 item 7: a timm and a mobilenet run of one recipe share its name; the report names them by folder."""
+    timm_run = make_eval_dir(tmp_path / "timm-run", "demo-adv-plus", {"clean": [1] * 10})
+    mobile = make_eval_dir(tmp_path / "mobilenet-run", "demo-adv-plus", {"clean": [2] * 10})
+    metrics = build_report([timm_run, mobile], tmp_path / "r")
+    names = [m["model"] for m in metrics["models"]]
+    assert names == ["demo-adv-plus (timm-run/demo-adv-plus)", "demo-adv-plus (mobilenet-run/demo-adv-plus)"]
+    assert "named with its folder" in capsys.readouterr().out

@@ -95,7 +95,7 @@ def test_training_into_a_finished_run_is_refused(trained, tmp_path, capsys):
     assert snapshot(run) == before
     aside = prepare_fresh(run, overwrite=True)
     assert snapshot(aside) == {k: v for k, v in before.items() if k != LOCK_NAME}
-    assert [p.name for p in run.iterdir()] == [LOCK_NAME]
+    assert [p.name for p in run.iterdir()] == []  # a released lock leaves no file (issue 26 item 4)
 
 
 # 3: one process at a time; a lock left by kill -9 is detected and taken over
@@ -118,7 +118,7 @@ def test_lock_refuses_a_second_process_and_survives_kill_9(trained, tmp_path, ca
         lock = RunLock(run, "eval").acquire()
     assert f"pid {holder.pid}" in lock.stale and "stale lock" in caplog.text
     lock.release()
-    assert (run / LOCK_NAME).read_text() == ""
+    assert not (run / LOCK_NAME).exists()
 
 
 # 4: files follow the umask

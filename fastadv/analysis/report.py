@@ -24,6 +24,7 @@ from fastadv.analysis.scoring import Sources, find_inputs, headline, model_metri
 from fastadv.runtime.fileio import atomic_write
 from fastadv.eval.suites import (ATTACK, CLEAN, IMAGENET_C, IMAGENET_C_SETTING_SUITE, IMAGENET_X, REAL, TPGD, SettingSpec,
                             attack_keys, setting_spec, setting_specs, suite_spec, suite_specs)
+from fastadv.analysis.report_names import distinct_names
 from fastadv.analysis.report_ranking import rank_methods, ranking_table, run_entry
 
 DASH = "—"
@@ -359,12 +360,7 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources
         sources.export_dir = out_dir / "imagenet_x_predictions"
     paths = find_inputs(list(inputs))
     models = [_finite(model_metrics(p, sources)) for p in paths]
-    seen: dict[str, Path] = {}
-    for p, m in zip(paths, models):
-        if m["model"] in seen:
-            raise FastadvError(f"Model name {m['model']!r} appears in both {seen[m['model']]} and {p}; "
-                               "pass each model once, or give the runs distinct names.")
-        seen[m["model"]] = p
+    distinct_names(paths, models)  # runs of one recipe share its name: each gets its folder
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {"classwise": classwise_figure(models, out_dir), IMAGENET_C: imagenet_c_figure(models, out_dir),
                IMAGENET_X: imagenet_x_figure(models, out_dir)}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastadv.errors import FastadvError
+from fastadv.runtime.hints import did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,8 +82,8 @@ def read_recipe(recipe: str) -> dict[str, Any]:
     file = _locate(recipe, None)
     if file is None:
         raise FastadvError(
-            f"unknown recipe {recipe!r}: not a .toml file and not one of the shipped "
-            f"recipes ({', '.join(recipe_names())})"
+            f"unknown recipe {recipe!r}{did_you_mean(recipe, recipe_names())}: not a .toml file and not one of "
+            f"the shipped recipes ({', '.join(recipe_names())})"
         )
     chain: list[tuple[str, str]] = []  # (label, file identity), the inheriting recipe first
     layers: list[dict[str, Any]] = []

@@ -14,6 +14,7 @@ from fractions import Fraction
 from typing import Any
 
 from fastadv.errors import FastadvError
+from fastadv.runtime.hints import did_you_mean
 from fastadv.config.eval_options import RobustnessOptions
 
 if sys.version_info >= (3, 11):
@@ -230,7 +231,8 @@ def from_dict(raw: dict[str, Any]) -> Config:
         unknown = sorted(set(value) - known)
         if unknown:
             raise FastadvError(
-                f"unknown field(s) {', '.join(key + '.' + u for u in unknown)}; "
+                f"unknown field(s) {', '.join(key + '.' + u for u in unknown)}"
+                f"{did_you_mean(unknown[0], known) if len(unknown) == 1 else ''}; "
                 f"[{key}] has: {', '.join(sorted(known))}"
             )
         hints = typing.get_type_hints(cls)
@@ -252,12 +254,14 @@ def apply_override(cfg: Config, item: str) -> None:
         raise FastadvError(f"override key {key!r} must be section.field, e.g. optim.epochs=2")
     section, name = key.split(".", 1)
     if section not in SECTIONS:
-        raise FastadvError(f"unknown config section {section!r} in {item!r}; known: {', '.join(SECTIONS)}")
+        raise FastadvError(f"unknown config section {section!r} in {item!r}{did_you_mean(section, SECTIONS)}; "
+                           f"known: {', '.join(SECTIONS)}")
     obj = getattr(cfg, section)
     hints = typing.get_type_hints(type(obj))
     if name not in hints:
         raise FastadvError(
-            f"unknown field {key!r}; [{section}] has: {', '.join(sorted(hints))}"
+            f"unknown field {key!r}{did_you_mean(key, [f'{section}.{h}' for h in hints])}; "
+            f"[{section}] has: {', '.join(sorted(hints))}"
         )
     setattr(obj, name, _coerce(key, _parse_text(text), hints[name]))
     cfg.given_keys.add(key)

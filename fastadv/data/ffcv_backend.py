@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from fastadv.config import DataConfig
+from fastadv.runtime.hints import fastadv_command
 from fastadv.data.ffcv_write import (  # noqa: F401 (ffcv_import_error, write_ffcv: re-exported)
     FORMAT,
     ffcv_import_error,
@@ -76,17 +77,17 @@ class BetonDataset:
         side = metadata_path(beton)
         if not beton.is_file():
             raise FastadvError(
-                f"{beton} does not exist: write it with `fastadv data write-ffcv <{split} class folders> {beton}` "
+                f"{beton} does not exist: write it with `{fastadv_command()} data write-ffcv <{split} class folders> {beton}` "
                 f"or point data.ffcv_{'train' if split == 'train' else 'val'} at your .beton"
             )
         if not side.is_file():
-            raise FastadvError(f"{side} is missing: {beton} was not written by `fastadv data write-ffcv`; rewrite it")
+            raise FastadvError(f"{side} is missing: {beton} was not written by `{fastadv_command()} data write-ffcv`; rewrite it")
         try:
             meta = json.loads(side.read_text())
         except (OSError, ValueError) as exc:
-            raise FastadvError(f"{side} is not valid JSON ({exc}); rewrite {beton} with `fastadv data write-ffcv`") from exc
+            raise FastadvError(f"{side} is not valid JSON ({exc}); rewrite {beton} with `{fastadv_command()} data write-ffcv`") from exc
         if meta.get("format") != FORMAT:
-            raise FastadvError(f"{side} is not fastadv .beton metadata; rewrite {beton} with `fastadv data write-ffcv`")
+            raise FastadvError(f"{side} is not fastadv .beton metadata; rewrite {beton} with `{fastadv_command()} data write-ffcv`")
         wanted, other = (cfg.train_dir, cfg.val_dir) if split == "train" else (cfg.val_dir, cfg.train_dir)
         if meta["split"] == other and other != wanted:
             raise FastadvError(
@@ -100,7 +101,7 @@ class BetonDataset:
         if set(reader.field_names) != {"image", "label"} or reader.num_samples != meta["num_samples"]:
             raise FastadvError(
                 f"{beton} does not match {side} ({reader.num_samples} samples with fields {reader.field_names}, "
-                f"metadata: {meta['num_samples']} samples with image, label); rewrite it with `fastadv data write-ffcv`"
+                f"metadata: {meta['num_samples']} samples with image, label); rewrite it with `{fastadv_command()} data write-ffcv`"
             )
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])

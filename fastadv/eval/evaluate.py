@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from fastadv.data import build_dataset, build_loader
 from fastadv.data.eval_subset import select_subset
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
 from fastadv.errors import FastadvError
-from fastadv.eval.resume import ResumeFile, resume_file  # noqa: F401 (ResumeFile: a type hint)
+from fastadv.eval.resume import ResumeFile, done_marker, resume_file  # noqa: F401 (ResumeFile: a type hint)
 from fastadv.runtime.fileio import atomic_write_text
 from fastadv.eval.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
@@ -85,6 +86,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
                                               out, info, progress)}
     if distributed.is_main():
         atomic_write_text(out / "eval.json", json.dumps(info, indent=2))
+        shutil.rmtree(out / "partial", ignore_errors=True)  # every setting is in eval.json now
     return out
 
 
@@ -106,6 +108,12 @@ def _run_setting(model, dataset, data_cfg, setting: Setting, cfg, device, amp, b
     """Predict one setting over `dataset`, write predictions/<key>.csv and its eval.json entry."""
     # This rank's whole batches; the RNG is seeded per batch from (eval.seed, batch number), so the attack's
     # random start, and every prediction, is the same with any number of ranks and from run to run.
+    marker = done_marker(out, setting, cfg, info["checkpoint"], info["request"])
+    kept = marker.load()
+    if kept is not None and (out / "predictions" / f"{setting.key}.csv").is_file():  # finished before a kill
+        entry, rows = kept
+        info["settings"][setting.key] = {**entry, "reused": True}
+        return rows
     shard = distributed.BatchShard(dataset, batch_size, cfg.eval.seed)
     loader = build_loader(data_cfg, "val", batch_size=batch_size, shuffle=False, dataset=shard.dataset, device=device)
     start = time.perf_counter()
@@ -122,6 +130,8 @@ def _run_setting(model, dataset, data_cfg, setting: Setting, cfg, device, amp, b
                                      "images_per_sec": len(names) / max(seconds, 1e-9),
                                      "accuracy": sum(p == t for p, t in zip(rows["pred"], rows["true"])) / max(len(names), 1),
                                      "skipped_images": rows["skipped"], "resumed_batches": rows["resumed"]}
+    if distributed.is_main():
+        marker.save(info["settings"][setting.key], rows)
     if partial is not None:
         partial.finish()  # after the gather (every rank's rows are in) and rank 0's CSV
     return rows

@@ -68,9 +68,41 @@ def _loads(line: str) -> Any:
         return None
 
 
+class DoneMarker:
+    """A finished setting's eval.json entry and rows, kept in <out>/partial/<key>.done.json until eval.json
+    is written: an interrupted `fastadv eval` reruns only the settings it had not finished."""
+
+    def __init__(self, folder: Path, key: str, fingerprint: dict[str, Any]) -> None:
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=str))
+        self.path = folder / f"{key.replace('/', '_')}.done.json"
+
+    def load(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(entry, rows) of the same setting and request finished before, or None."""
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint:
+            return None
+        return saved["entry"], saved["rows"]
+
+    def save(self, entry: dict[str, Any], rows: dict[str, Any]) -> None:
+        from fastadv.runtime.fileio import atomic_write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({"fingerprint": self.fingerprint, "entry": entry, "rows": rows}))
+
+
+def done_marker(out: Path, setting, cfg, checkpoint: str, request: dict[str, Any]) -> DoneMarker:
+    return DoneMarker(Path(out) / "partial", setting.key, _fingerprint(setting, cfg, checkpoint, request))
+
+
 def resume_file(out: Path, setting, cfg, checkpoint: str, request: dict[str, Any]) -> ResumeFile:
+    return ResumeFile(Path(out) / "partial", setting.key, _fingerprint(setting, cfg, checkpoint, request))
+
+
+def _fingerprint(setting, cfg, checkpoint: str, request: dict[str, Any]) -> dict[str, Any]:
     """request: evaluate.request_of(cfg), passed in (this module sits below evaluate.py)."""
     e = cfg.eval
-    fingerprint = {"key": setting.key, "checkpoint": [checkpoint, os.stat(checkpoint).st_mtime_ns], "info": setting.info(), "request": request, "seed": e.seed,
+    return {"key": setting.key, "checkpoint": [checkpoint, os.stat(checkpoint).st_mtime_ns], "info": setting.info(), "request": request, "seed": e.seed,
                    "batch_size": e.batch_size or cfg.data.eval_batch_size, "model": cfg.model.__dict__}
-    return ResumeFile(Path(out) / "partial", setting.key, fingerprint)

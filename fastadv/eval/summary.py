@@ -33,6 +33,15 @@ def _seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
+def rate(images_per_sec: float) -> str:
+    """A speed that reads: 120 img/s, 3.5 img/s, or 4.2 s/img below one image a second (AutoAttack on a CPU)."""
+    if images_per_sec >= 10:
+        return f"{images_per_sec:.0f} img/s"
+    if images_per_sec >= 1:
+        return f"{images_per_sec:.1f} img/s"
+    return f"{1 / images_per_sec:.1f} s/img" if images_per_sec > 0 else "-"
+
+
 def read_log(path: Path, start_line: int = 0) -> list[dict[str, Any]]:
     """The JSONL records from line `start_line` on (this invocation's part of an appended log)."""
     if not path.is_file():
@@ -50,10 +59,12 @@ def train_summary(out_dir: Path, start_line: int, wall_seconds: float) -> str:
     rates = [r["images_per_sec"] for r in steps if "images_per_sec" in r]
     rows = [("run", str(out_dir))]
     if last:
+        # Measured differently: clean in eval mode after the step, adversarial in train mode (batch statistics)
+        # during it, so early on adversarial can read above clean; the labels say which is which.
         rows += [("final loss", f"{last['loss']:.4f} (step {last['step']})"),
-                 ("clean acc (last batch)", _pct(last.get("clean_acc")))]
+                 ("clean acc (last batch, eval mode, after the step)", _pct(last.get("clean_acc")))]
         if "adv_batch_acc" in last:
-            rows.append(("adversarial acc (last batch)", _pct(last.get("adv_batch_acc"))))
+            rows.append(("adversarial acc (last batch, train mode, during the step)", _pct(last.get("adv_batch_acc"))))
     rows += [("images/s (mean of log lines)", f"{sum(rates) / len(rates):.0f}" if rates else "-"),
              ("steps / epochs", f"{done.get('step', '-')} / {done.get('epoch', '-')}"),
              ("skipped images", str(done.get("skipped_images", 0))),
@@ -71,15 +82,15 @@ def eval_summary(eval_dir: Path, wall_seconds: float) -> str:
         if suites.suite_of(key) == suites.IMAGENET_C_SETTING_SUITE:
             corrupted.append(s)
             continue
-        rows.append([key, _pct(s.get("accuracy")), str(s["images"]), f"{s['images_per_sec']:.0f}",
+        rows.append([key, _pct(s.get("accuracy")), str(s["images"]), rate(s["images_per_sec"]),
                      str(s.get("skipped_images", 0))])
     if corrupted:
         accs = [s["accuracy"] for s in corrupted if s.get("accuracy") is not None]
         rows.append([f"imagenet-c ({len(corrupted)} settings, mean)", _pct(sum(accs) / len(accs) if accs else None),
                      str(sum(s["images"] for s in corrupted)),
-                     f"{sum(s['images_per_sec'] for s in corrupted) / len(corrupted):.0f}",
+                     rate(sum(s['images_per_sec'] for s in corrupted) / len(corrupted)),
                      str(sum(s.get("skipped_images", 0) for s in corrupted))])
-    table = grid(["setting", "accuracy", "images", "img/s", "skipped"], rows)
+    table = grid(["setting", "accuracy", "images", "speed", "skipped"], rows)
     return (f"evaluated {info['model']} ({info['checkpoint']}) in {_seconds(wall_seconds)}\n{table}\n"
             f"files: {eval_dir / 'eval.json'}, {eval_dir / 'predictions'}/")
 

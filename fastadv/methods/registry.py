@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastadv.errors import FastadvError
+from fastadv.runtime.hints import did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastadv.config.schema import Config
@@ -72,7 +73,8 @@ def method_spec(name: str) -> MethodSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise FastadvError(f"method.name={name!r} is not one of: {', '.join(_REGISTRY)}") from None
+        raise FastadvError(f"method.name={name!r}{did_you_mean(name, _REGISTRY)} is not one of: "
+                           f"{', '.join(_REGISTRY)}") from None
 
 
 def build_method(cfg: Config) -> Any:

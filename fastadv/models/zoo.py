@@ -20,6 +20,7 @@ from torch import nn
 
 from fastadv.config.schema import ModelConfig
 from fastadv.errors import FastadvError
+from fastadv.runtime.hints import did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,7 +88,8 @@ def check_arch(arch: str) -> Arch:
         if not timm.is_model(a.name.split(".")[0]):
             raise FastadvError(f"model.arch={arch!r}: timm has no model {a.name!r} (see timm.list_models())")
     elif a.name not in _torchvision_names():
-        raise FastadvError(f"model.arch={arch!r} is not a torchvision classification model (e.g. resnet50, "
+        raise FastadvError(f"model.arch={arch!r}{did_you_mean(a.name, _torchvision_names())} is not a torchvision "
+                           f"classification model (e.g. resnet50, "
                            f"convnext_tiny, vit_b_16) nor a timm one (timm:NAME, e.g. timm:convnext_tiny)")
     return a
 

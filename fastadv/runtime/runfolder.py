@@ -65,23 +65,33 @@ class RunLock:
         self.path = self.folder / LOCK_NAME
         self.fd: int | None = None
         self.stale: str = ""  # the text of a lock left by a killed process, if one was taken over
+        self.created = False  # the folder did not exist before acquire()
 
     def acquire(self) -> RunLock:
+        self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise FastadvError(f"{self.folder} is in use ({holder}); wait for it to finish, or use another "
+                                       f"folder") from None
+                raise
+            try:  # the holder we waited for may have unlinked the file on release: lock the file now there
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise FastadvError(f"{self.folder} is in use ({holder}); wait for it to finish, or use another "
-                                   f"folder") from None
-            raise
         self.stale = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
         if self.stale:
-            log.warning("%s: taking over a stale lock (%s; that process ended without releasing it)",
-                        self.folder, self.stale)
+            old = self.stale.split(" on ")[0]
+            log.warning("%s: taking over a stale lock: %s ended without releasing it (%s)",
+                        self.folder, old, self.stale)
         when = datetime.datetime.now().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}: fastadv {self.command} since {when}\n".encode(), 0)
@@ -89,12 +99,20 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Unlock and remove the lock file (and the folder, when this lock created it and it stayed empty):
+        a command refused before it wrote anything leaves nothing behind."""
         if self.fd is None:
             return
         os.ftruncate(self.fd, 0)
+        self.path.unlink(missing_ok=True)  # while still locked: a waiting process re-checks the inode
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
+        if self.created:
+            try:
+                self.folder.rmdir()
+            except OSError:  # not empty: the command wrote something
+                pass
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -136,15 +154,36 @@ def check_out_path(path: str | None, flag: str = "--out") -> None:
         raise FastadvError(f"{flag} {path} is an existing file, not a folder; pass a folder path (it is created)")
 
 
+# What training writes before its first checkpoint: without a checkpoint (and no eval/report) these
+# are the leftovers of an interrupted start, not a run; the same command starts again over them.
+STARTUP_FILES = ("train.jsonl", CONFIG_NAME, DATASET_NAME)
+
+
+def unstarted_leftovers(folder: Path) -> list[str]:
+    """The files an interrupted start left when no checkpoint was written (empty: a run, or nothing)."""
+    found = holds_run(folder)
+    return found if found and set(found) <= set(STARTUP_FILES) else []
+
+
 def prepare_fresh(folder: Path, overwrite: bool) -> Path | None:
     """Refuse to train into a folder holding a run, or (overwrite) move its run aside; returns where to."""
+    from fastadv.runtime.hints import command
+
+    leftovers = unstarted_leftovers(folder)
+    if leftovers:
+        for name in leftovers:
+            (folder / name).unlink()
+        print(f"{folder}: an earlier start was stopped before its first checkpoint; starting again "
+              f"(removed {', '.join(leftovers)})")
+        return None
     found = holds_run(folder)
     if not found:
         return None
     if not overwrite:
         raise FastadvError(
-            f"{folder} already holds a run ({', '.join(found)}); continue it with `fastadv train --resume --out "
-            f"{folder}`, or pass --overwrite to move it aside (nothing is deleted), or choose another --out")
+            f"{folder} already holds a run ({', '.join(found)}); continue it with `{command('train', '--resume', '--out', folder)}`, "
+            f"or start over with --overwrite (make: FORCE=1; the old run is moved aside, nothing is deleted), "
+            f"or choose another --out")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     aside = folder.with_name(f"{folder.name}.old-{stamp}")
     n = 1

@@ -11,6 +11,7 @@ checkpoint, which holds every rank's RNG state and the epoch position in global 
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from fastadv.train.runlog import JsonlLog, log_names
 from fastadv.train.schedule import lr_at
 from fastadv.train.state import Progress, TrainState
 from fastadv.train.step import FiniteGuard, train_step
+from fastadv.runtime.stop_signals import STOP, Stopped
 
 
 class Trainer:
@@ -168,7 +170,9 @@ class Trainer:
                                       drop_last=True, rank=self.dist.rank, world_size=self.dist.world_size,
                                       dataset=self.train_set, device=self.device)
                 for batch in loader:
+                    STOP.armed = True
                     self._train_step(batch, window, bar)
+                    self._stop_on_signal()
                     if self._reached_max_steps():
                         self.save()
                         break
@@ -180,10 +184,25 @@ class Trainer:
                     self.log.write({"event": "epoch_end", "epoch": p.epoch, "step": p.step,
                                     "skipped_images": p.skipped_images})
         finally:
+            STOP.armed = False
             bar.close()
         self._check_finite()
         self.log.write({"event": "done", "epoch": p.epoch, "step": p.step, "skipped_images": p.skipped_images})
         return self.checkpoint_path
+
+    def _stop_on_signal(self) -> None:
+        """SIGTERM / SIGUSR1 arrived during this step (any rank): save a checkpoint here, then stop (stop.py)."""
+        signum = STOP.received or 0
+        if self.dist.active:  # every rank stops at the same step: the checkpoint gathers from all of them
+            if int(distributed.all_reduce_sum(torch.tensor([int(bool(signum))], dtype=torch.int64))) > 0:
+                signum = signum or int(signal.SIGTERM)
+        if not signum:
+            return
+        STOP.armed = False
+        self.save()
+        p = self.progress
+        self.log.write({"event": "stopped", "signal": signal.Signals(signum).name, "epoch": p.epoch, "step": p.step})
+        raise Stopped(signum, saved_step=p.step)
 
     def _method_epoch_end(self) -> None:
         """The method's epoch-end hook (e.g. CFA's calibration and FAWA); a non-empty record is logged."""
