@@ -11,11 +11,11 @@ legacy files and bare pickles), never from the wording of torch's message.
 from __future__ import annotations
 
 import argparse
-import io
 import pickle
 import pickletools
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -53,7 +53,8 @@ def describe(path: Path, exc: Exception) -> str:
         return (f"it is a zip archive but not one torch.save wrote, or a damaged one ({type(exc).__name__}); "
                 f"pass a .pth / .pt written by torch.save or a .safetensors file")
     if isinstance(exc, pickle.UnpicklingError):  # torch's legacy format or a bare pickle that torch refused
-        complete, names = _pickle_globals(path.read_bytes())
+        with open(path, "rb") as f:
+            complete, names = _pickle_globals(f, path.stat().st_size)
         unsafe = [n for n in names if not _allowed(n)]
         if complete and unsafe:
             return _runs_code(unsafe)
@@ -87,13 +88,13 @@ def _allowed(name: str) -> bool:
     return name in allowed or name.startswith(_TORCH_GLOBALS)
 
 
-def _pickle_globals(data: bytes) -> tuple[bool, list[str]]:
-    """The globals the consecutive pickles in `data` name, read with pickletools (nothing is executed).
+def _pickle_globals(stream: BinaryIO, size: int) -> tuple[bool, list[str]]:
+    """The globals the consecutive pickles in `stream` name, read with pickletools (nothing is executed).
 
     Returns (at least one whole pickle parsed, the names). STACK_GLOBAL takes its module and name
     from the strings pushed before it (directly or through the memo)."""
-    stream, names, complete = io.BytesIO(data), [], False
-    while stream.tell() < len(data) and len(names) < 1000:
+    names, complete = [], False
+    while stream.tell() < size and len(names) < 1000:
         recent, memo = [], {}
         try:
             for op, arg, _ in pickletools.genops(stream):

@@ -225,6 +225,9 @@ def test_replacing_the_head_is_explicit_announced_and_recorded(tmp_path, capsys)
     assert main(args + ["model.replace_head=true"]) == 0
     assert "replace_head" in capsys.readouterr().out
     assert "replace_head = true" in (run / "config.toml").read_text()
+    card = ["eval", "--weights", str(tmp_path / "imagenet.pth"), "--arch", "resnet18", "--out", str(tmp_path / "card")]
+    assert main(card + ["--set", "model.replace_head=true"]) == 2  # evaluating a random head: never
+    assert one_line_error(capsys.readouterr().err) and not (tmp_path / "card" / "config.toml").exists()
 
 
 # --------------------------------------------------------------------------- --data with a demo recipe
