@@ -3,14 +3,16 @@
 Sources (model.weights / model.init): a torchvision weights enum name (local hub cache only),
 "timm" (timm's pretrained download), or a local file in one of these layouts:
 - plain / torchvision state dict, optionally under "state_dict" or "model", optional "module." prefix
-- timm: .pth (plain, or a train checkpoint's "state_dict") and .safetensors
+- timm: .pth (plain, or a CheckpointSaver train checkpoint's "state_dict"; its "state_dict_ema" with
+  model.weights_ema=true) and .safetensors
 - MadryLab robustness: {"model": {"module.model.*", "module.normalizer.*", "module.attacker.*"}}
 - RobustBench model zoo: {"normalize.mean", "normalize.std", "model.*"} (inputs in [0, 1], the
   normalization inside the file); optional "state_dict" wrapper and "module." prefix
 - a fastadv checkpoint ("net.*", "normalize.*")
 Files carrying their own normalization (robustness, RobustBench, fastadv) set the model's
-Normalize to it. Every load is weights_only (safetensors for .safetensors); a shape mismatch
-is refused naming the first bad key; missing / unexpected keys are refused in one line.
+Normalize to it. Every load is weights_only (fastadv.torchfile; safetensors for .safetensors); a
+shape mismatch is refused naming the first bad key; missing / unexpected keys are refused in one
+line; a classifier that does not fit is refused (check_head) unless model.replace_head=true.
 """
 
 from __future__ import annotations
