@@ -57,6 +57,7 @@ def _train(args: argparse.Namespace) -> None:
             raise FastadvError("fastadv train needs --recipe NAME (see `fastadv recipes`), or --resume --out RUN")
         cfg = load_config(args.recipe, _overrides(args, data="data.path", out="train.out_dir", init="model.init"))
         runfolder.absolute_paths(cfg)
+    _check_data_is_read(args.data, cfg)
     out = Path(cfg.train.out_dir)
     if args.continue_run and not resume and (out / "checkpoint.pt").is_file():
         cfg, resume, source = _continue(out, cfg), str(out), out
@@ -99,6 +100,18 @@ def _continue(out: Path, cfg):
     if changes:
         print(runfolder.describe_changes(changes))
     return cfg
+
+
+def _check_data_is_read(data: str | None, cfg) -> None:
+    """--data with data.backend=demo would be ignored (the embedded digits) yet recorded: refuse it."""
+    if not data or cfg.data.backend != "demo":
+        return
+    from fastadv.config.recipe_files import read_recipe, recipe_names
+
+    readers = [n for n in recipe_names() if read_recipe(n).get("data", {}).get("backend", "folder") != "demo"]
+    raise FastadvError(f"--data {data}: recipe {cfg.name} trains on the embedded demo digits (data.backend=demo) "
+                       f"and reads no data; the recipes that read --data are {', '.join(readers)} (or add "
+                       f"data.backend=folder model.num_classes=K to use your folders with this recipe)")
 
 
 def _resume_hint(out: Path, argv: list[str]) -> str:

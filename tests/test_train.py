@@ -167,7 +167,7 @@ def test_non_fastadv_checkpoints_are_refused(tmp_path):
         load_checkpoint(plain)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00garbage")
-    with pytest.raises(FastadvError, match="not a readable fastadv checkpoint"):
+    with pytest.raises(FastadvError, match="could not be read as a fastadv checkpoint: it is not a torch file"):
         load_checkpoint(garbage)
     with pytest.raises(FastadvError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing")

@@ -32,6 +32,10 @@ class ModelConfig:
     init: str = ""  # path to a state dict / fastadv checkpoint to start from instead
     # torchvision weights enum (ResNet50_Weights.IMAGENET1K_V2) | timm (download) | a file; see fastadv.models.weights
     weights: str = ""
+    weights_ema: bool = False  # a checkpoint's EMA weights (timm state_dict_ema) instead of its state_dict
+    # the weights file's classifier is not loaded: a new random head (K changes, e.g. fine-tuning ImageNet
+    # weights on other classes); announced on stdout. Without it a classifier that does not fit is refused
+    replace_head: bool = False
     # auto = the model's own mean/std (written into mean/std) | fixed = mean/std as given; a model.mean or
     # model.std given in the recipe or with --set is kept (and recorded as fixed)
     normalize: str = "auto"

@@ -30,6 +30,9 @@ def weights_config(weights: str, arch: str, data: str | None, out: str, recipe: 
              "model.num_aux=0", f"train.out_dir={q(out)}"]
     items += ["data.backend=demo"] if data in (None, "", "demo") else [f"data.path={q(data)}"]
     cfg = load_config(recipe or default_recipe(data), items + list(overrides or []))
+    if cfg.model.replace_head:
+        raise FastadvError("model.replace_head=true would evaluate a new random classifier, not the file's; "
+                           "leave it out of fastadv eval --weights (it is for training a new head)")
     cfg.name = f"{Path(weights).stem if Path(weights).suffix else weights}"
     return cfg
 

@@ -69,9 +69,12 @@ def _weights_source(cfg: ModelConfig) -> tuple[str, str] | None:
     return None
 
 
-def _read_source(kind: str, value: str, arch: model_zoo.Arch, net_keys: set[str]) -> weights.LoadedWeights:
+def _read_source(kind: str, value: str, arch: model_zoo.Arch, net_keys: set[str],
+                 ema: bool = False) -> weights.LoadedWeights:
     if kind == "file":
-        return weights.unwrap(weights.read_file(value), value, net_keys)
+        return weights.unwrap(weights.read_file(value), value, net_keys, ema)
+    if ema:
+        raise FastadvError(f"model.weights_ema=true reads a checkpoint file's EMA weights; {value!r} is not a file")
     if kind == "timm":
         if arch.library != "timm":
             raise FastadvError(f"model.weights=timm needs a timm architecture (model.arch=timm:NAME), not {arch.name!r}")
@@ -97,8 +100,8 @@ def build_model(cfg: ModelConfig) -> RobustClassifier:
     model_zoo.zero_extra_rows(net.get_submodule(head_path), cfg.num_classes)
     source = _weights_source(cfg)
     if source is not None:
-        loaded = _read_source(*source, arch, set(net.state_dict()))
-        weights.load_into(net, loaded, head_path, cfg.num_classes)
+        loaded = _read_source(*source, arch, set(net.state_dict()), cfg.weights_ema)
+        weights.load_into(net, loaded, head_path, cfg.num_classes, cfg.num_aux, cfg.replace_head)
         if loaded.mean is not None:
             cfg.mean, cfg.std, cfg.normalize = loaded.mean, loaded.std, "fixed"
     return RobustClassifier(net, Normalize(cfg.mean, cfg.std), cfg.num_classes, cfg.num_aux, head_path,

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, `weights_only` loads, and a fingerprint check on resume."""
+"""Checkpoints: atomic writes, `weights_only` loads (fastadv.torchfile), and a fingerprint check on resume."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from fastadv.config import Config
 from fastadv.errors import FastadvError
 from fastadv.runtime.fileio import atomic_write
+from fastadv.models import torchfile
 
 FORMAT = "fastadv-checkpoint"
 VERSION = 1
@@ -50,10 +51,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load with weights_only=True and refuse anything that is not a fastadv checkpoint."""
     p = resolve_checkpoint(path)
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FastadvError(f"{p} is not a readable fastadv checkpoint: {refusal_reason(exc)}") from None
+    obj = torchfile.load(p, "a fastadv checkpoint")  # weights_only; a bad file is named in words
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         keys = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
         raise FastadvError(
@@ -63,22 +61,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if obj.get("version") != VERSION:
         raise FastadvError(f"{p} has checkpoint version {obj.get('version')}, this fastadv reads version {VERSION}")
     return obj
-
-
-def refusal_reason(exc: Exception) -> str:
-    """Why torch.load refused a file, in one line, without torch's advice to load it unsafely.
-
-    A refused pickle means the file holds code objects a safe (weights_only) load will not run;
-    fastadv never loads such a file, so only the object's name is kept from torch's message.
-    """
-    text = str(exc)
-    if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
-        found = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "")
-        found = found.split(" To ")[0].split(". ")[0].rstrip(".")
-        return ("it holds Python objects beyond tensors, which fastadv refuses to load because loading them can run "
-                f"arbitrary code{' (' + found + ')' if found else ''}; use a checkpoint written by fastadv train")
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def check_compatible(ckpt: dict[str, Any], cfg: Config, path: str | Path) -> None:

@@ -3,21 +3,22 @@
 Sources (model.weights / model.init): a torchvision weights enum name (local hub cache only),
 "timm" (timm's pretrained download), or a local file in one of these layouts:
 - plain / torchvision state dict, optionally under "state_dict" or "model", optional "module." prefix
-- timm: .pth (plain, or a train checkpoint's "state_dict") and .safetensors
+- timm: .pth (plain, or a CheckpointSaver train checkpoint's "state_dict"; its "state_dict_ema" with
+  model.weights_ema=true) and .safetensors
 - MadryLab robustness: {"model": {"module.model.*", "module.normalizer.*", "module.attacker.*"}}
 - RobustBench model zoo: {"normalize.mean", "normalize.std", "model.*"} (inputs in [0, 1], the
   normalization inside the file); optional "state_dict" wrapper and "module." prefix
 - a fastadv checkpoint ("net.*", "normalize.*")
 Files carrying their own normalization (robustness, RobustBench, fastadv) set the model's
-Normalize to it. Every load is weights_only (safetensors for .safetensors); a shape mismatch
-is refused naming the first bad key; missing / unexpected keys are refused in one line.
+Normalize to it. Every load is weights_only (fastadv.torchfile; safetensors for .safetensors); a
+shape mismatch is refused naming the first bad key; missing / unexpected keys are refused in one
+line; a classifier that does not fit is refused (check_head) unless model.replace_head=true.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
-import re
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fastadv.models import torchfile
 from fastadv.errors import FastadvError
 
 log = logging.getLogger("fastadv")
@@ -43,13 +45,7 @@ class LoadedWeights:
     layout: str  # plain | robustness | robustbench | fastadv | timm-checkpoint | safetensors
     mean: tuple[float, ...] | None = None  # the file's own input normalization, if it carries one
     std: tuple[float, ...] | None = None
-
-
-def _unsafe_pickle(path: Path, exc: Exception) -> FastadvError:
-    return FastadvError(
-        f"refused to load {path}: it is a pickle that needs more than tensors to load ({exc}). Such a file can run "
-        f"code when loaded, so fastadv does not open it. Convert it to a plain state dict or .safetensors in an "
-        f"environment you trust (the code that wrote it), then pass that file")
+    num_aux: int | None = None  # M of the file's head, where the file says (fastadv checkpoints)
 
 
 def read_file(path: str | Path) -> dict:
@@ -68,15 +64,7 @@ def read_file(path: str | Path) -> dict:
             return load_file(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise FastadvError(f"{path} could not be read as .safetensors: {exc}") from exc
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if found:
-            raise _unsafe_pickle(p, f"it references {found.group(1)}") from None
-        raise FastadvError(f"{path} could not be read as a torch state dict (not a torch file, or truncated)") from None
-    except Exception as exc:  # truncated files, non-torch files
-        raise FastadvError(f"{path} could not be read as a torch state dict: {exc}") from exc
+    return torchfile.load(p, "weights")  # weights_only + timm's args Namespace; bad files named in words
 
 
 def _tensor_dict(obj) -> bool:
@@ -87,18 +75,32 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
-def unwrap(obj, source: str, net_keys: set[str]) -> LoadedWeights:
-    """Find the network's state dict in `obj` and map its keys to the bare network's."""
+def unwrap(obj, source: str, net_keys: set[str], ema: bool = False) -> LoadedWeights:
+    """Find the network's state dict in `obj` and map its keys to the bare network's.
+
+    ema (model.weights_ema): the file's weight average instead of its raw weights: timm's
+    state_dict_ema (CheckpointSaver with --model-ema) or a fastadv checkpoint's eval_model."""
     if isinstance(obj, dict) and obj.get("format") == "fastadv-checkpoint":
+        if ema and not obj.get("eval_model"):
+            raise FastadvError(f"model.weights_ema=true but {source} has no weight average (its run had no "
+                               f"optim.ema_decay / FAWA); set model.weights_ema=false")
         state = obj.get("eval_model") or obj["model"]
         mean, std = state.get("normalize.mean"), state.get("normalize.std")
+        file_aux = (obj.get("config") or {}).get("model", {}).get("num_aux")
         return LoadedWeights({k[4:]: v for k, v in state.items() if k.startswith("net.")}, source, "fastadv",
-                             *_norm(mean, std))
+                             *_norm(mean, std), num_aux=file_aux)
     layout = "plain"
-    if not _tensor_dict(obj) and isinstance(obj, dict):
+    if ema:
+        if not (isinstance(obj, dict) and _tensor_dict(obj.get("state_dict_ema"))):
+            keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+            raise FastadvError(f"model.weights_ema=true but {source} has no state_dict_ema (found {keys}); timm's "
+                               f"CheckpointSaver writes one when trained with --model-ema. Set model.weights_ema=false")
+        obj, layout = obj["state_dict_ema"], "timm-checkpoint EMA"
+    elif not _tensor_dict(obj) and isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
             if _tensor_dict(obj.get(key)):
-                layout = {"state_dict": "timm-checkpoint", "model": "robustness"}.get(key, "plain")
+                layout = {"state_dict": "timm-checkpoint", "model": "robustness",
+                          "state_dict_ema": "timm-checkpoint EMA"}.get(key, "plain")
                 obj = obj[key]
                 break
     if not _tensor_dict(obj):
@@ -165,7 +167,7 @@ def _cached(weights) -> dict[str, torch.Tensor]:
             f"Download {weights.url} on a machine with internet and copy it there (or set TORCH_HOME), "
             f"pass --init /path/to/{filename}, or train from scratch with model.pretrained=false"
         )
-    return torch.load(cached, map_location="cpu", weights_only=True)
+    return torchfile.load(cached, "torchvision weights")
 
 
 def timm_pretrained_state(name: str) -> dict[str, torch.Tensor]:
@@ -181,8 +183,13 @@ def timm_pretrained_state(name: str) -> dict[str, torch.Tensor]:
     return net.state_dict()
 
 
-def load_into(net: nn.Module, loaded: LoadedWeights, head_path: str, num_classes: int) -> None:
-    """Load `loaded` into `net`; the head takes the first K rows of a fitting classifier, M rows stay zero."""
+def load_into(net: nn.Module, loaded: LoadedWeights, head_path: str, num_classes: int, num_aux: int = 0,
+              replace_head: bool = False) -> None:
+    """Load `loaded` into `net`: every tensor must fit, the classifier included (check_head).
+
+    The head takes the first K rows of the file's classifier; the M extra rows stay zero. With
+    replace_head (model.replace_head=true) the file's classifier is not loaded: the network keeps
+    its new random head, and one line on stdout says so."""
     state = dict(loaded.state)
     head = net.get_submodule(head_path)
     head_w, head_b = state.pop(f"{head_path}.weight", None), state.pop(f"{head_path}.bias", None)
@@ -198,16 +205,49 @@ def load_into(net: nn.Module, loaded: LoadedWeights, head_path: str, num_classes
         raise FastadvError(
             f"weights from {loaded.source} ({loaded.layout} layout) do not fit this architecture: "
             f"{len(missing)} missing {missing[:4]}, {len(unexpected)} unexpected {unexpected[:4]} (check model.arch)")
+    file_shape = "none" if head_w is None else str(tuple(head_w.shape))
+    if replace_head:
+        announce(f"model.replace_head=true: the classifier {head_path}.weight of {loaded.source} ({file_shape}) is not "
+                 f"loaded; this model trains a new random ({head.out_features}, {head.in_features}) head")
+    else:
+        check_head(loaded, head_path, head_w, head_b, head, num_classes, num_aux)
     net.load_state_dict(state, strict=False)
-    head_note = "head: random init (file has none that fits)"
     with torch.no_grad():
-        if head_w is not None and head_w.shape[0] >= num_classes and head_w.shape[1] == head.in_features:
+        if not replace_head:
             head.weight[:num_classes].copy_(head_w[:num_classes])
-            if head_b is not None and head.bias is not None:
+            if head.bias is not None:
                 head.bias[:num_classes].copy_(head_b[:num_classes])
-            head_note = f"head: first {num_classes} of the file's {head_w.shape[0]} rows"
         head.weight[num_classes:].zero_()
         if head.bias is not None:
             head.bias[num_classes:].zero_()
-    log.info("loaded %s (%s layout): %d tensors, 0 missing, 0 unexpected; %s", loaded.source, loaded.layout,
-             len(state), head_note)
+    log.info("loaded %s (%s layout): %d tensors, 0 missing, 0 unexpected; classifier %s", loaded.source,
+             loaded.layout, len(state), "replaced" if replace_head else f"first {num_classes} of {file_shape} rows")
+
+
+def check_head(loaded: LoadedWeights, head_path: str, head_w, head_b, head: nn.Linear, num_classes: int,
+               num_aux: int) -> None:
+    """The file's classifier fits: width = the head's input width, K rows (+ up to the model's M, or the
+    file's own M where it says), a bias where the model has one. Anything else is refused: loading
+    part of it, or a random head in its place, would evaluate a model nobody trained."""
+    width, k = head.in_features, num_classes
+    rows_ok = {k + m for m in range(num_aux + 1)} | ({k + loaded.num_aux} if loaded.num_aux else set())
+    fits = (head_w is not None and head_w.ndim == 2 and head_w.shape[1] == width and head_w.shape[0] in rows_ok
+            and (head.bias is None or (head_b is not None and tuple(head_b.shape) == (head_w.shape[0],))))
+    if fits:
+        return
+    wanted = f"({k}, {width})" + (f" or up to ({k + num_aux}, {width}) with the M={num_aux} extra logits" if num_aux else "")
+    found = "none" if head_w is None else str(tuple(head_w.shape))
+    if head_w is not None and head.bias is not None and (head_b is None or head_b.shape[0] != head_w.shape[0]):
+        found += f" with bias {None if head_b is None else tuple(head_b.shape)}"
+    more = (f"; if its extra rows are label-augmentation logits set model.num_aux={head_w.shape[0] - k}"
+            if head_w is not None and head_w.ndim == 2 and head_w.shape[0] > k + num_aux and head_w.shape[1] == width else "")
+    raise FastadvError(
+        f"the classifier of {loaded.source} does not fit this model: {head_path}.weight is {found} in the file, "
+        f"model.num_classes={k} needs {wanted}{more}; to start a new classifier on purpose (e.g. fine-tuning on "
+        f"other classes) set model.replace_head=true (check model.arch / model.num_classes otherwise)")
+
+
+def announce(line: str) -> None:
+    """One visible line on stdout (rank 0 only under torchrun): things the user must not miss."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, flush=True)
