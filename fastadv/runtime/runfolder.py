@@ -37,7 +37,7 @@ log = logging.getLogger("fastadv")
 LOCK_NAME = ".fastadv.lock"
 CONFIG_NAME = "config.toml"
 DATASET_NAME = "dataset.json"
-RUN_FILES = ("checkpoint.pt", "train.jsonl", CONFIG_NAME, DATASET_NAME, "eval", "report")
+RUN_FILES = ("checkpoint.pt", "best.pt", "train.jsonl", CONFIG_NAME, DATASET_NAME, "eval", "report")
 
 # Fields a resume may change: how long to train, where the (moved) data lives, and how the run
 # is executed or logged. Everything else would silently change what the checkpoint was trained on.
