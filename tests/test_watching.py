@@ -178,3 +178,20 @@ def test_mlflow_sink_writes_a_local_file_store(tmp_path):
     history = client.get_metric_history(found.info.run_id, "validation.robust_acc")
     assert [(m.step, m.value) for m in history] == [(3, pytest.approx(records(run)[0]["robust_acc"]))]
     assert found.data.params["train.validate"] == "val"
+
+
+def test_report_draws_the_gap_curves_and_heatmap_from_train_jsonl(tmp_path):
+    from fastadv.analysis.report import build_report
+    from fastadv.analysis.training_curves import CURVES, HEATMAP, validation_records
+
+    evals = []
+    for recipe in ("demo-std", "demo-adv"):
+        run = tmp_path / recipe
+        train(tiny(run, *VAL, recipe=recipe))
+        evals.append(evaluate(run, None, ["eval.steps=1", "eval.subset=per-class:1"], progress=False))
+    assert [r["step"] for r in validation_records(evals[1])] == [3, 6]
+    metrics = build_report(evals, tmp_path / "report")
+    assert (metrics["figures"]["gap_curves"], metrics["figures"]["heatmap"]) == (CURVES, HEATMAP)
+    for name in (CURVES, HEATMAP):
+        assert (tmp_path / "report" / name).stat().st_size > 1000
+    assert "class-wise robustness gap over training" in (tmp_path / "report" / "report.md").read_text()
