@@ -44,7 +44,7 @@ RUN_FILES = ("checkpoint.pt", "best.pt", "train.jsonl", CONFIG_NAME, DATASET_NAM
 RESUMABLE = ("optim.epochs", "train.max_steps", "data.path", "data.ffcv_train", "data.ffcv_val", "data.workers",
              "data.timeout", "data.eval_batch_size", "train.device", "train.compile", "train.compile_mode",
              "train.progress", "train.log_every", "train.checkpoint_every", "train.dist_timeout_s",
-             "train.auto_resume", "eval.")
+             "train.auto_resume", "train.loggers", "eval.")
 
 # Config fields holding file system paths: stored absolute so resume and eval work from any directory.
 PATH_FIELDS = ("data.path", "data.ffcv_train", "data.ffcv_val", "model.init", "eval.real_labels",
