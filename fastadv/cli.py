@@ -64,6 +64,9 @@ def _train(args: argparse.Namespace) -> None:
     restarting = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
     same_folder = bool(resume) and out.absolute() == source.absolute()
     continuing = same_folder or ((cfg.train.auto_resume or restarting) and (out / "checkpoint.pt").is_file())
+    from fastadv.train.sinks import check_loggers
+
+    check_loggers(cfg.train.loggers)  # an unknown logger or a missing package: refused before the folder is touched
     args.interrupt_hint = lambda: _resume_hint(out, args.argv)
     with runfolder.lock(out, "train"):
         if not continuing and runfolder.is_main_process():
@@ -124,7 +127,7 @@ def _resume_hint(out: Path, argv: list[str]) -> str:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from fastadv.eval.evaluate import evaluate
+    from fastadv.eval.evaluate import describe_checkpoint, evaluate
 
     from fastadv.eval.suites_robustness import OPTIONAL_SUITES
 
@@ -146,12 +149,15 @@ def _eval(args: argparse.Namespace) -> None:
     args.interrupt_hint = lambda: ("finished settings are kept (eval/partial/); the same command continues "
                                    f"where it stopped:\n  {command('eval', *args.argv[1:])}")
     for run in args.runs:
-        if args.skip_existing and _evaluated(run, args.out, overrides):
+        if args.skip_existing and _evaluated(run, args.out, overrides, args.checkpoint):
             print(f"{run}: already evaluated (eval.json newer than the checkpoint, same request), skipped")
             continue
         start = time.perf_counter()
-        with runfolder.lock(resolve_checkpoint(run).parent, "eval"):
-            out = evaluate(run, args.out, overrides, progress=not args.no_progress)
+        ckpt = resolve_checkpoint(run, args.checkpoint)
+        if runfolder.is_main_process():
+            print(describe_checkpoint(ckpt))
+        with runfolder.lock(ckpt.parent, "eval"):
+            out = evaluate(run, args.out, overrides, progress=not args.no_progress, checkpoint=args.checkpoint)
         if runfolder.is_main_process():
             print(eval_summary(out, time.perf_counter() - start))
 
@@ -168,16 +174,16 @@ def _eval_weights(args: argparse.Namespace) -> None:
     print(f"run folder: {out}\npredictions and eval.json: {out / 'eval'}\nreport: {out / 'report' / 'report.html'}")
 
 
-def _evaluated(run: str, out: str | None, overrides: list[str]) -> bool:
+def _evaluated(run: str, out: str | None, overrides: list[str], which: str = "last") -> bool:
     """eval.json exists, is newer than the checkpoint, and was asked the same (data, suites, attack)."""
     import json
 
     from fastadv.models.checkpoint import load_checkpoint, resolve_checkpoint
     from fastadv.config import apply_override, from_dict
-    from fastadv.eval.evaluate import request_of
+    from fastadv.eval.evaluate import eval_folder_name, request_of
 
-    ckpt = resolve_checkpoint(run)
-    done = Path(out) if out else ckpt.parent / "eval"
+    ckpt = resolve_checkpoint(run, which)
+    done = Path(out) if out else ckpt.parent / eval_folder_name(ckpt)
     path = done / "eval.json"
     if not path.is_file() or path.stat().st_mtime < ckpt.stat().st_mtime:
         return False
@@ -279,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--real", metavar="PATH", help="ReaL labels (real.json); default: the copy inside imagenet-x")
     e.add_argument("--out", help="output folder (one run only)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="which checkpoint of a run folder: last (checkpoint.pt, default) or best (best.pt, the best "
+                        "robust validation; written into <run>/eval-best)")
     e.add_argument("--weights", metavar="FILE|ENUM|timm", help="evaluate these weights without a training run: a "
                    "state dict / timm / torchvision / robustness / RobustBench file (.pth, .pt, .safetensors), a "
                    "torchvision weights name, or 'timm'; needs --arch (sets model.weights)")

@@ -17,6 +17,7 @@ from typing import Any
 from fastadv.errors import FastadvError
 from fastadv.methods.registry import method_names, method_spec
 from fastadv.analysis.figures import classwise_figure, imagenet_c_figure, imagenet_x_figure
+from fastadv.analysis.training_curves import add_training_figures
 from fastadv.analysis.metrics import CORRUPTIONS, relative_change
 from fastadv.analysis.report_robustness import add_sections, headline_fields, headline_lines
 from fastadv.analysis.report_render import Bullets, Doc, Figure, Heading, Para, Table, to_html, to_markdown
@@ -371,6 +372,7 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources
         "models": models,
     }
     doc = _document(models, figures)
+    figures.update(add_training_figures(doc, models, paths, out_dir))  # from each run's train.jsonl
     ranking = rank_methods([e for e in (run_entry(m, p) for m, p in zip(models, paths)) if e is not None])
     if ranking:
         metrics["ranking"] = _finite(ranking)

@@ -164,6 +164,14 @@ class TrainConfig:
     overfit_images: int = 256  # the guard's fixed held-out batch (held-out split if any, else the val split)
     overfit_drop: float = 0.2  # fires when PGD accuracy falls by more than this since the last good check and FGSM's does not
     auto_resume: bool = False  # resume from out_dir's checkpoint when there is one (torchrun restarts always do)
+    # Robust validation while training (docs/guides/watching.md): clean + PGD accuracy per class on fixed images.
+    validate: str = "auto"  # auto (the held-out split when train.holdout_per_class > 0, else off) | holdout | val | off
+    validate_every: int = 0  # optimizer steps between validations (0 = each epoch end)
+    validate_images: int = 512  # the first N images of the validation split (0 = all of them)
+    validate_subset: str = ""  # eval.subset syntax (e.g. per-class:10), applied before validate_images
+    validate_steps: int = 10  # PGD steps (eps = eval.eps, K-class head, seed = eval.seed)
+    best: str = "auto"  # best.pt criterion: auto (robust_acc when validation is on) | robust_acc | worst_class_robust_acc | off
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])  # log sinks: jsonl | tensorboard | wandb | mlflow
 
 
 @dataclass
@@ -302,6 +310,9 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             if isinstance(value, bool):
                 return "true" if value else "false"
             return str(value)
+        if origin is list:  # a TOML list, or comma-separated text on the command line
+            items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+            return [_coerce(key, v, typing.get_args(typ)[0]) for v in items]
         if origin is tuple:
             items = list(value) if not isinstance(value, str) else value.split(",")
             args = typing.get_args(typ)

@@ -67,6 +67,28 @@ def resolved_cfa(c: CfaConfig, key: str) -> float:
     return CFA_PRESETS[c.preset][key] if value == -1 and c.preset in CFA_PRESETS else value
 
 
+VALIDATE = ("auto", "holdout", "val", "off")
+BEST = ("auto", "robust_acc", "worst_class_robust_acc", "off")
+
+
+def _validate_watching(t) -> None:
+    """Robust validation while training and best.pt (fastadv.train.validation); loggers are checked by the trainer."""
+    _choice("train.validate", t.validate, VALIDATE)
+    _choice("train.best", t.best, BEST)
+    if t.validate == "holdout" and t.holdout_per_class <= 0:
+        raise FastadvError("train.validate=holdout needs held-out data: set train.holdout_per_class (e.g. 0.02), "
+                           "or train.validate=val for a fixed subset of the validation set")
+    off = t.validate == "off" or (t.validate == "auto" and t.holdout_per_class <= 0)
+    if off and t.best not in ("auto", "off"):
+        raise FastadvError(f"train.best={t.best} needs robust validation: set train.validate=holdout (with "
+                           f"train.holdout_per_class) or train.validate=val")
+    if t.validate_every < 0 or t.validate_images < 0 or t.validate_steps < 1:
+        raise FastadvError("train: need validate_every >= 0 (0 = each epoch), validate_images >= 0 (0 = all), "
+                           "validate_steps >= 1")
+    if not t.loggers:
+        raise FastadvError('train.loggers is empty: keep at least "jsonl" (the run log the report reads)')
+
+
 def validate(cfg: Config) -> None:
     """Reject bad values before anything runs, naming the field and the fix."""
     m, d, a, me, o, t, e = cfg.model, cfg.data, cfg.attack, cfg.method, cfg.optim, cfg.train, cfg.eval
@@ -107,6 +129,7 @@ def validate(cfg: Config) -> None:
     _choice("cfa.ccm_step", cfg.cfa.ccm_step, CCM_STEPS)
     if not 0 <= t.holdout_per_class < 1:
         raise FastadvError(f"train.holdout_per_class={t.holdout_per_class:g} must be in [0, 1), e.g. 0.02")
+    _validate_watching(t)
     c = cfg.cfa
     threshold, decay, warmup = (resolved_cfa(c, k) for k in ("fawa_threshold", "fawa_decay", "warmup_epochs"))
     if not 0 <= decay < 1 or not 0 <= threshold <= 1 or warmup < 0 or c.fawa_steps < 1:

@@ -19,7 +19,7 @@ import torch
 
 from fastadv.runtime import distributed
 from fastadv.analysis.predictions import write_predictions
-from fastadv.models.checkpoint import load_checkpoint, resolve_checkpoint
+from fastadv.models.checkpoint import BEST_NAME, load_checkpoint, resolve_checkpoint
 from fastadv.config import apply_override, from_dict, validate
 from fastadv.data import build_dataset, build_loader
 from fastadv.data.eval_subset import select_subset
@@ -35,20 +35,21 @@ from fastadv.eval.suites import CLEAN, IMAGENET_C, IMAGENET_C_SKIPPED, Setting, 
 
 
 def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list[str] | None = None,
-             progress: bool = True) -> Path:
+             progress: bool = True, checkpoint: str = "last") -> Path:
     """Write <out_dir>/predictions/<setting>.csv and <out_dir>/eval.json; returns out_dir.
 
     `run` is a run folder or checkpoint file; overrides (e.g. data.path=..., eval.eps=4/255)
-    change the saved config for this evaluation only. out_dir defaults to <run folder>/eval.
+    change the saved config for this evaluation only. out_dir defaults to <run folder>/eval
+    (<run folder>/eval-best for best.pt). checkpoint: "last" (checkpoint.pt) or "best" (best.pt).
     """
-    ckpt_path = resolve_checkpoint(run)
+    ckpt_path = resolve_checkpoint(run, checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     cfg = from_dict(ckpt["config"])
     for item in overrides or []:
         apply_override(cfg, item)
     cfg.model.pretrained, cfg.model.init, cfg.model.weights = False, "", ""  # the checkpoint carries the weights
     validate(cfg)
-    out = Path(out_dir) if out_dir else ckpt_path.parent / "eval"
+    out = Path(out_dir) if out_dir else ckpt_path.parent / eval_folder_name(ckpt_path)
     # Under torchrun each rank evaluates whole batches of its own and rank 0 writes (fastadv.runtime.distributed).
     device = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)[1]
     progress = progress and distributed.is_main()
@@ -72,7 +73,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
         "num_classes": cfg.model.num_classes, "num_aux": cfg.model.num_aux,
         "label_augmented": cfg.model.num_aux > 0, "class_names": list(dataset.classes),
         "data": {"backend": cfg.data.backend, "path": cfg.data.path, "images": len(dataset)},
-        "device": str(device), "settings": {},
+        "device": str(device), "settings": {}, "best": ckpt.get("best"),
     }
     info["request"] = request_of(cfg)
     info["real_labels"] = cfg.eval.real_labels or None
@@ -88,6 +89,18 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
         atomic_write_text(out / "eval.json", json.dumps(info, indent=2))
         shutil.rmtree(out / "partial", ignore_errors=True)  # every setting is in eval.json now
     return out
+
+
+def eval_folder_name(ckpt_path: Path) -> str:
+    """eval/ for checkpoint.pt (and any other file), eval-best/ for best.pt: the two never mix."""
+    return "eval-best" if ckpt_path.name == BEST_NAME else "eval"
+
+
+def describe_checkpoint(ckpt_path: Path) -> str:
+    """One line: which checkpoint an evaluation reads."""
+    if ckpt_path.name == BEST_NAME:
+        return f"evaluating {ckpt_path} (best.pt: the best robust-validation checkpoint)"
+    return f"evaluating {ckpt_path} (the last checkpoint; --checkpoint best for best.pt)"
 
 
 def request_of(cfg) -> dict[str, Any]:

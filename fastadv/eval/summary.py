@@ -70,8 +70,27 @@ def train_summary(out_dir: Path, start_line: int, wall_seconds: float) -> str:
              ("skipped images", str(done.get("skipped_images", 0))),
              ("wall time", _seconds(wall_seconds)),
              ("checkpoint", str(out_dir / "checkpoint.pt")),
+             *_validation_rows(records, wall_seconds, out_dir),
              ("log, config", f"{out_dir / 'train.jsonl'}, {out_dir / 'config.toml'}")]
     return "training finished\n" + pairs(rows)
+
+
+def _validation_rows(records: list[dict[str, Any]], wall_seconds: float, out_dir: Path) -> list[tuple[str, str]]:
+    """Robust validation: the last record's numbers, its cost (share of the wall time) and best.pt."""
+    checks = [r for r in records if r.get("event") == "validation"]
+    if not checks:
+        return []
+    last, spent = checks[-1], sum(r.get("seconds", 0.0) for r in checks)
+    rows = [(f"validation ({last['split']}, {last['images']} images, {last['attack']}, step {last['step']})",
+             f"clean {_pct(last['clean_acc'])}, robust {_pct(last['robust_acc'])}, worst class "
+             f"{_pct(last['worst_class_robust_acc'])}, class SD {_pct(last['robust_class_sd'])}"),
+            ("validation cost", f"{len(checks)} x, {_seconds(spent)} ({100 * spent / max(wall_seconds, 1e-9):.1f}% "
+                                f"of the wall time)")]
+    best = [r for r in checks if r.get("best")]
+    if best:
+        rows.append(("best.pt", f"{out_dir / 'best.pt'} ({best[-1]['criterion']} {_pct(best[-1][best[-1]['criterion']])}"
+                                f", step {best[-1]['step']})"))
+    return rows
 
 
 def eval_summary(eval_dir: Path, wall_seconds: float) -> str:

@@ -15,6 +15,8 @@ from fastadv.models import torchfile
 FORMAT = "fastadv-checkpoint"
 VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"  # the best validation checkpoint (train.best), beside checkpoint.pt
+WHICH = {"last": CHECKPOINT_NAME, "best": BEST_NAME}  # fastadv eval --checkpoint
 
 
 def fingerprint(cfg: Config) -> dict[str, Any]:
@@ -38,11 +40,16 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(payload, f), mode="wb", fsync=True)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder holding checkpoint.pt."""
+def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
+    """A checkpoint file, or a run folder holding checkpoint.pt (which="last") or best.pt ("best")."""
     p = Path(path)
+    if which not in WHICH:
+        raise FastadvError(f"--checkpoint {which}: choose one of {', '.join(WHICH)}")
     if p.is_dir():
-        p = p / CHECKPOINT_NAME
+        if which == "best" and not (p / BEST_NAME).is_file() and (p / CHECKPOINT_NAME).is_file():
+            raise FastadvError(f"{p} has no {BEST_NAME}: it is written only with robust validation on "
+                               f"(train.validate, train.best); use --checkpoint last")
+        p = p / WHICH[which]
     if not p.is_file():
         raise FastadvError(f"no checkpoint at {p}: pass a run folder (with {CHECKPOINT_NAME}) or a checkpoint file")
     return p

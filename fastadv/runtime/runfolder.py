@@ -37,14 +37,14 @@ log = logging.getLogger("fastadv")
 LOCK_NAME = ".fastadv.lock"
 CONFIG_NAME = "config.toml"
 DATASET_NAME = "dataset.json"
-RUN_FILES = ("checkpoint.pt", "train.jsonl", CONFIG_NAME, DATASET_NAME, "eval", "report")
+RUN_FILES = ("checkpoint.pt", "best.pt", "train.jsonl", CONFIG_NAME, DATASET_NAME, "eval", "report")
 
 # Fields a resume may change: how long to train, where the (moved) data lives, and how the run
 # is executed or logged. Everything else would silently change what the checkpoint was trained on.
 RESUMABLE = ("optim.epochs", "train.max_steps", "data.path", "data.ffcv_train", "data.ffcv_val", "data.workers",
              "data.timeout", "data.eval_batch_size", "train.device", "train.compile", "train.compile_mode",
              "train.progress", "train.log_every", "train.checkpoint_every", "train.dist_timeout_s",
-             "train.auto_resume", "eval.")
+             "train.auto_resume", "train.loggers", "eval.")
 
 # Config fields holding file system paths: stored absolute so resume and eval work from any directory.
 PATH_FIELDS = ("data.path", "data.ffcv_train", "data.ffcv_val", "model.init", "eval.real_labels",

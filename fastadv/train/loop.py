@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from fastadv.runtime import distributed
-from fastadv.models.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from fastadv.models.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 from fastadv.config import Config, to_toml
 from fastadv.data import build_dataset, build_loader
 from fastadv.data.subset import IndexSubset, stratified_holdout
@@ -31,7 +31,9 @@ from fastadv.runtime.progress import progress_bar
 from fastadv.runtime.runfolder import check_dataset, dataset_fingerprint, save_config
 from fastadv.runtime.device import amp_dtype, autocast, maybe_compile, prepare_model, to_device
 from fastadv.train.overfit import build_guard
-from fastadv.train.runlog import JsonlLog, log_names
+from fastadv.train.runlog import log_names
+from fastadv.train.sinks import build_sinks, check_loggers
+from fastadv.train.validation import CRITERIA, Validator, best_criterion, validation_split
 from fastadv.train.schedule import lr_at
 from fastadv.train.state import Progress, TrainState
 from fastadv.train.step import FiniteGuard, train_step
@@ -42,6 +44,8 @@ class Trainer:
     def __init__(self, cfg: Config, resume: str | Path | None = None, allow_new_dataset: bool = False) -> None:
         self.cfg = cfg
         self.out_dir = Path(cfg.train.out_dir)
+        check_loggers(cfg.train.loggers)  # unknown logger / missing package: refused before any work
+        self.best_criterion = best_criterion(cfg)  # None: no best.pt
         self.dist, self.device = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)
         world = self.dist.world_size
         self.amp = amp_dtype(cfg.train.amp, self.device)
@@ -90,6 +94,9 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.resumed: dict[str, Any] | None = None
         resume = resume or self._auto_resume()
+        if self.best_criterion and not resume and self.best_path.exists():
+            raise FastadvError(f"{self.best_path} exists and this is a new run: best.pt would be written over; "
+                               f"move it, or choose another train.out_dir")
         if resume:
             self._resume(resume)
         source = Path(resume) if resume else self.out_dir
@@ -99,7 +106,10 @@ class Trainer:
         if self.dist.active:
             ddp = distributed.wrap_model(self.model, self.attack_model, self.dist)
             self.run_model = maybe_compile(ddp, cfg.train.compile, cfg.train.compile_mode, self.device, whole_step=False)
-        self.log = JsonlLog(self.out_dir / "train.jsonl", enabled=self.dist.is_main)
+        self.log = build_sinks(cfg.train.loggers, self.out_dir, cfg, enabled=self.dist.is_main)
+        self.validator = None
+        if validation_split(cfg) != "off":
+            self.validator = Validator(cfg, self.holdout_set, self.device, self.amp)
         self.overfit = build_guard(cfg, self.holdout_set, self.steps_per_epoch, self.device)  # None when off
         self._stop = False
         self.finite_guard: FiniteGuard | None = None  # set by fit()
@@ -116,6 +126,10 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / BEST_NAME
 
     def save(self) -> None:
         """Write the checkpoint (every rank calls it: TrainState.save gathers rank-local state),
@@ -150,13 +164,20 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
         with distributed.failures_named(self.dist):
-            return self._fit()
+            try:
+                return self._fit()
+            finally:
+                self.log.close()
 
     def _fit(self) -> Path:
         cfg, p = self.cfg, self.progress
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.out_dir, to_toml(cfg))
+        self.log.start(cfg.to_dict())
+        if self.validator is not None:
+            self.log.write({"event": "validation_plan", "split": self.validator.describe(),
+                            "every": cfg.train.validate_every or "epoch", "best": self.best_criterion})
         if self.resumed:
             self.log.write(self.resumed)
         bar = progress_bar(total=self.total_steps, initial=p.step, desc=cfg.name, unit="step",
@@ -174,12 +195,16 @@ class Trainer:
                     self._train_step(batch, window, bar)
                     self._stop_on_signal()
                     if self._reached_max_steps():
+                        if self.validator is not None and not cfg.train.validate_every:
+                            self._validate()  # the last step of a run cut short by max_steps
                         self.save()
                         break
                 else:
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
                     self._check_finite()
                     self._method_epoch_end()
+                    if self.validator is not None and not cfg.train.validate_every:
+                        self._validate()
                     self.save()
                     self.log.write({"event": "epoch_end", "epoch": p.epoch, "step": p.step,
                                     "skipped_images": p.skipped_images})
@@ -213,6 +238,25 @@ class Trainer:
         self.model.train()
         if record:
             self.log.write({"event": "method_epoch_end", "epoch": self.progress.epoch, **record})
+
+    def _validate(self) -> None:
+        """Robust validation (validation.py): log the record; a new best by the criterion writes best.pt."""
+        self._check_finite()
+        p = self.progress
+        weights = self.state.eval_weights()
+        record = self.validator.run(self.model if weights is not None else self.attack_model, weights,
+                                    grid=self.log.wants_images)
+        record.update(step=p.step, epoch=p.epoch + p.batch_in_epoch / self.steps_per_epoch)
+        crit = self.best_criterion
+        if crit:
+            value = record[CRITERIA[crit]]
+            record.update(criterion=crit, best=self.state.best is None or value > self.state.best["value"])
+            if record["best"]:
+                self.state.best = {"criterion": crit, "value": value, "step": p.step, "epoch": record["epoch"]}
+                self.state.save(self.best_path)  # atomic (save_checkpoint); every rank calls it
+        self.log.write(record)
+        if self.validator.grid:
+            self.log.images(p.step, self.validator.grid)
 
     def _holdout_batches(self):
         """This rank's whole batches of the held-out split (the ranks' counts are summed by all_reduce)."""
@@ -265,6 +309,8 @@ class Trainer:
             record, self._stop = self.overfit.check(self.model, self.attack_model, self.optimizer,
                                                     decide=distributed.broadcast_object)
             self.log.write({**record, "step": p.step, "epoch": p.epoch + p.batch_in_epoch / self.steps_per_epoch})
+        if self.validator is not None and cfg.train.validate_every and p.step % cfg.train.validate_every == 0:
+            self._validate()
 
     def _log(self, loss, stats, x, y, lr, window, bar) -> None:
         """One JSONL line (rank 0); the scalars are means over the ranks, images/sec the global rate."""

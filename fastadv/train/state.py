@@ -64,11 +64,16 @@ class TrainState:
     global_batch: int  # data.batch_size x world size
     progress: Progress = field(default_factory=Progress)
     ema: Any = None  # a fastadv.train.optim.WeightEma (optim.ema_decay > 0): evaluated instead of the raw weights
+    best: dict[str, Any] | None = None  # best.pt so far: {"criterion", "value", "step", "epoch"} (resume keeps it)
+
+    def eval_weights(self) -> dict[str, Any] | None:
+        """What `fastadv eval` loads instead of the training weights (EMA / the method's average), or None."""
+        return self.ema.weights() if self.ema is not None else self.method.eval_weights()
 
     def save(self, path: Path) -> None:
         """Rank 0 writes; every rank must call it (its RNG state and rank-local method state are gathered)."""
         method_state = self.method.state_dict()
-        eval_weights = self.ema.weights() if self.ema is not None else self.method.eval_weights()
+        eval_weights = self.eval_weights()
         method_local = distributed.gather_rank_local(method_state)
         rngs = distributed.gather_objects(rng_state(self.device))
         if not self.dist.is_main:
@@ -88,6 +93,7 @@ class TrainState:
             "progress": progress,
             "rng": rngs[0],
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "best": self.best,
             **extra,
         })
 
@@ -111,6 +117,7 @@ class TrainState:
         saved_batch = saved.pop("global_batch", 0) or ckpt["config"]["data"]["batch_size"]
         samples = saved.pop("samples_in_epoch", saved["batch_in_epoch"] * saved_batch)
         self.progress = p = Progress(**saved)
+        self.best = ckpt.get("best")
         if saved_batch != self.global_batch:
             p.batch_in_epoch = samples // self.global_batch
             p.step = p.epoch * steps_per_epoch + p.batch_in_epoch
