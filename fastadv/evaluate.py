@@ -29,7 +29,7 @@ from fastadv.fileio import atomic_write_text
 from fastadv.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
 from fastadv.progress import progress_bar
-from fastadv.runtime import amp_dtype, autocast, maybe_compile, prepare_model, to_device
+from fastadv.runtime import autocast, eval_amp_dtype, maybe_compile, prepare_model, to_device
 from fastadv.suites import CLEAN, IMAGENET_C, IMAGENET_C_SKIPPED, Setting, imagenet_c_setting, settings_for
 
 
@@ -51,7 +51,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     # Under torchrun each rank evaluates whole batches of its own and rank 0 writes (fastadv.distributed).
     device = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)[1]
     progress = progress and distributed.is_main()
-    amp = amp_dtype(cfg.train.amp, device)
+    amp = eval_amp_dtype(cfg.eval.amp)  # eval.amp (fp32 by default), never the run's train.amp
     model = build_model(cfg.model)
     model.load_state_dict(ckpt.get("eval_model") or ckpt["model"])  # eval_model: e.g. the FAWA weight average
     model = prepare_model(model, device, cfg.train.channels_last).eval()
@@ -70,7 +70,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
         "num_classes": cfg.model.num_classes, "num_aux": cfg.model.num_aux,
         "label_augmented": cfg.model.num_aux > 0, "class_names": list(dataset.classes),
         "data": {"backend": cfg.data.backend, "path": cfg.data.path, "images": len(dataset)},
-        "device": str(device), "settings": {},
+        "device": str(device), "precision": cfg.eval.amp, "settings": {},
     }
     info["request"] = request_of(cfg)
     info["real_labels"] = cfg.eval.real_labels or None
@@ -96,6 +96,8 @@ def request_of(cfg) -> dict[str, Any]:
             "autoattack_eps": e.autoattack_eps, "autoattack_version": e.autoattack_version,
             "autoattack_attacks": e.autoattack_attacks, "masking_checks": e.masking_checks,
             "transfer_from": e.transfer_from, "attack_convention": e.attack_convention,
+            # always: an eval.json without it ran under train.amp (bf16 for a bf16 run), so it is redone
+            "amp": e.amp,
             # only when on: requests recorded before the option existed stay equal to the default's
             **({"early_stop": True, "early_stop_compact": e.early_stop_compact} if e.early_stop else {})}
 
