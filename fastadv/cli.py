@@ -162,8 +162,15 @@ def _report(args: argparse.Namespace) -> None:
 
     check_out_path(args.out)
 
-    build_report(args.evals, Path(args.out), _sources(args))
+    metrics = build_report(args.evals, Path(args.out), _sources(args), allow_mixed=args.allow_mixed)
+    _warn(metrics)
     print(f"report: {Path(args.out) / 'report.md'} and {Path(args.out) / 'report.html'}")
+
+
+def _warn(metrics) -> None:
+    """Models evaluated differently (--allow-mixed) or with unknown settings: said on stderr too."""
+    for line in metrics["evaluation_warnings"]:
+        print("warning: " + line.replace("**", ""), file=sys.stderr)
 
 
 def _metrics(args: argparse.Namespace) -> None:
@@ -174,7 +181,8 @@ def _metrics(args: argparse.Namespace) -> None:
     from fastadv.summary import metrics_table
 
     check_out_path(args.out)
-    metrics = build_report(args.predictions, Path(args.out), _sources(args))
+    metrics = build_report(args.predictions, Path(args.out), _sources(args), allow_mixed=args.allow_mixed)
+    _warn(metrics)
     if args.json:
         print(json.dumps({"report": str(Path(args.out) / "report.html"), "units": "error fractions in [0, 1]",
                           "models": metrics["headline"]}, indent=2))
@@ -250,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run an optional suite (repeatable): " + "; ".join(f"{n}: {o}" for n, o in OPTIONAL_SUITES.items()))
     e.set_defaults(func=_eval)
 
+    ALLOW_MIXED = ("report models evaluated with different eval.eps / steps / amp / subset / seed, under a warning "
+                   "at the top (default: refused)")
     inputs_help = ("eval dirs, run dirs (using <run>/eval), prediction CSVs (one per model, ImageNet-X format) "
                    "or folders of them, in table order")
     r = sub.add_parser("report", help="tables and figures from saved predictions (no model, no GPU)",
@@ -259,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--real", metavar="PATH", help="ReaL labels (real.json); default: as evaluated, else imagenet-x's copy")
     r.add_argument("--labels", metavar="CSV", help="file_name,true_class for CSVs without true_class "
                    "(default: the ImageNet val labels shipped in imagenet-x)")
+    r.add_argument("--allow-mixed", action="store_true", help=ALLOW_MIXED)
     r.set_defaults(func=_report)
 
     mt = sub.add_parser("metrics", help="every metric and the report from saved predictions; headline JSON on stdout",
@@ -270,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--labels", metavar="CSV", help="file_name,true_class for CSVs without true_class "
                     "(default: the ImageNet val labels shipped in imagenet-x)")
     mt.add_argument("--json", action="store_true", help="print the headline metrics as JSON instead of a table")
+    mt.add_argument("--allow-mixed", action="store_true", help=ALLOW_MIXED)
     mt.set_defaults(func=_metrics)
 
     c = sub.add_parser("recipes", help="list the shipped recipes, each with its one-line description")

@@ -70,7 +70,8 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
         "num_classes": cfg.model.num_classes, "num_aux": cfg.model.num_aux,
         "label_augmented": cfg.model.num_aux > 0, "class_names": list(dataset.classes),
         "data": {"backend": cfg.data.backend, "path": cfg.data.path, "images": len(dataset)},
-        "device": str(device), "precision": cfg.eval.amp, "settings": {},
+        "device": str(device), "precision": cfg.eval.amp, "eval_seed": cfg.eval.seed,
+        "settings": {},
     }
     info["request"] = request_of(cfg)
     info["real_labels"] = cfg.eval.real_labels or None
