@@ -15,6 +15,8 @@ from fastadv.hardware import detect_cpu
 TINY = ["data.image_size=16", "data.limit_train=32", "data.batch_size=16", "model.arch=resnet18",
         "train.max_steps=1", "train.progress=false", "train.amp=bf16", "train.device=cpu"]
 EVAL = ["data.limit_val=16", "eval.steps=1"]
+AUTOATTACK = ["eval.autoattack=true", "eval.autoattack_at_eval_eps=false", "eval.autoattack_version=custom",
+              'eval.autoattack_attacks="apgd-ce"']
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +48,20 @@ def _evaluate_seeing_dtypes(run, out, overrides):
 def test_bf16_trained_run_is_evaluated_in_fp32_by_default(bf16_run, tmp_path):
     from fastadv.cli import _evaluated
 
-    info, seen = _evaluate_seeing_dtypes(bf16_run, tmp_path / "eval", EVAL)
+    info, seen = _evaluate_seeing_dtypes(bf16_run, tmp_path / "eval", EVAL + AUTOATTACK)
     assert seen == {torch.float32}, seen  # the old code attacked this run in bf16 (its train.amp)
-    assert info["precision"] == "fp32" and info["request"]["amp"] == "fp32"
+    assert {"clean", "pgd1", "autoattack"} <= set(info["settings"]), list(info["settings"])  # AutoAttack in fp32 too
+    assert info["precision"] == "fp32" and info["request"]["amp"] == "fp32" and info["eval_seed"] == 0
     # --skip-existing: same precision = done; another precision, or an eval.json from before eval.amp
     # (it ran under train.amp), is evaluated again
-    assert _evaluated(str(bf16_run), str(tmp_path / "eval"), EVAL)
-    assert not _evaluated(str(bf16_run), str(tmp_path / "eval"), EVAL + ["eval.amp=bf16"])
+    asked = EVAL + AUTOATTACK
+    assert _evaluated(str(bf16_run), str(tmp_path / "eval"), asked)
+    assert not _evaluated(str(bf16_run), str(tmp_path / "eval"), asked + ["eval.amp=bf16"])
     path = tmp_path / "eval" / "eval.json"
     old = json.loads(path.read_text())
     del old["request"]["amp"]
     path.write_text(json.dumps(old))
-    assert not _evaluated(str(bf16_run), str(tmp_path / "eval"), EVAL)
+    assert not _evaluated(str(bf16_run), str(tmp_path / "eval"), asked)
 
 
 @pytest.mark.skipif(not detect_cpu().has_native_bf16, reason="this CPU has no native bf16 (AVX512-BF16 / AMX-BF16)")
