@@ -71,7 +71,7 @@ def check_comparable(models: list[dict[str, Any]], allow_mixed: bool = False) ->
     also = f" (also different: {', '.join(k for k, _ in found[1:])})" if len(found) > 1 else ""
     raise FastadvError(f"{a['source']} was evaluated with {key}={_show(key, va)} but {b['source']} with "
                        f"{key}={_show(key, vb)}{also}: not comparable side by side; re-evaluate one with the other's "
-                       f"value (fastadv eval RUN {key}=...), or pass --allow-mixed to report them under a warning")
+                       f"value (fastadv eval RUN --set {key}=...), or pass --allow-mixed to report them under a warning")
 
 
 def warning_lines(models: list[dict[str, Any]]) -> list[str]:
