@@ -39,6 +39,7 @@ def _train(args: argparse.Namespace) -> None:
     """Validate everything (config, run folder, lock) before torch is imported, then train and summarize."""
     from fastadv.runtime import runfolder
     from fastadv.config import load_config
+    from fastadv.config.recipe_files import check_data_is_read
 
     runfolder.check_out_path(args.out)
     resume = args.resume_from or (args.resume and (args.out or (args.recipe and load_config(args.recipe).train.out_dir)))
@@ -57,7 +58,7 @@ def _train(args: argparse.Namespace) -> None:
             raise FastadvError("fastadv train needs --recipe NAME (see `fastadv recipes`), or --resume --out RUN")
         cfg = load_config(args.recipe, _overrides(args, data="data.path", out="train.out_dir", init="model.init"))
         runfolder.absolute_paths(cfg)
-    _check_data_is_read(args.data, cfg)
+    check_data_is_read(args.data, cfg)
     out = Path(cfg.train.out_dir)
     if args.continue_run and not resume and (out / "checkpoint.pt").is_file():
         cfg, resume, source = _continue(out, cfg), str(out), out
@@ -103,18 +104,6 @@ def _continue(out: Path, cfg):
     if changes:
         print(runfolder.describe_changes(changes))
     return cfg
-
-
-def _check_data_is_read(data: str | None, cfg) -> None:
-    """--data with data.backend=demo would be ignored (the embedded digits) yet recorded: refuse it."""
-    if not data or cfg.data.backend != "demo":
-        return
-    from fastadv.config.recipe_files import read_recipe, recipe_names
-
-    readers = [n for n in recipe_names() if read_recipe(n).get("data", {}).get("backend", "folder") != "demo"]
-    raise FastadvError(f"--data {data}: recipe {cfg.name} trains on the embedded demo digits (data.backend=demo) "
-                       f"and reads no data; the recipes that read --data are {', '.join(readers)} (or add "
-                       f"data.backend=folder model.num_classes=K to use your folders with this recipe)")
 
 
 def _resume_hint(out: Path, argv: list[str]) -> str:
@@ -209,8 +198,15 @@ def _report(args: argparse.Namespace) -> None:
 
     check_out_path(args.out)
 
-    build_report(args.evals, Path(args.out), _sources(args))
+    metrics = build_report(args.evals, Path(args.out), _sources(args), allow_mixed=args.allow_mixed)
+    _warn(metrics)
     print(f"report: {Path(args.out) / 'report.md'} and {Path(args.out) / 'report.html'}")
+
+
+def _warn(metrics) -> None:
+    """Models evaluated differently (--allow-mixed) or with unknown settings: said on stderr too."""
+    for line in metrics["evaluation_warnings"]:
+        print("warning: " + line.replace("**", ""), file=sys.stderr)
 
 
 def _metrics(args: argparse.Namespace) -> None:
@@ -221,7 +217,8 @@ def _metrics(args: argparse.Namespace) -> None:
     from fastadv.eval.summary import metrics_table
 
     check_out_path(args.out)
-    metrics = build_report(args.predictions, Path(args.out), _sources(args))
+    metrics = build_report(args.predictions, Path(args.out), _sources(args), allow_mixed=args.allow_mixed)
+    _warn(metrics)
     if args.json:
         print(json.dumps({"report": str(Path(args.out) / "report.html"), "units": "error fractions in [0, 1]",
                           "models": metrics["headline"]}, indent=2))
@@ -303,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run an optional suite (repeatable): " + "; ".join(f"{n}: {o}" for n, o in OPTIONAL_SUITES.items()))
     e.set_defaults(func=_eval)
 
+    ALLOW_MIXED = ("report models evaluated with different eval.eps / steps / amp / subset / seed, under a warning "
+                   "at the top (default: refused)")
     inputs_help = ("eval dirs, run dirs (using <run>/eval), prediction CSVs (one per model, ImageNet-X format) "
                    "or folders of them, in table order")
     r = sub.add_parser("report", help="tables and figures from saved predictions (no model, no GPU)",
@@ -312,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--real", metavar="PATH", help="ReaL labels (real.json); default: as evaluated, else imagenet-x's copy")
     r.add_argument("--labels", metavar="CSV", help="file_name,true_class for CSVs without true_class "
                    "(default: the ImageNet val labels shipped in imagenet-x)")
+    r.add_argument("--allow-mixed", action="store_true", help=ALLOW_MIXED)
     r.set_defaults(func=_report)
 
     mt = sub.add_parser("metrics", help="every metric and the report from saved predictions; headline JSON on stdout",
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--labels", metavar="CSV", help="file_name,true_class for CSVs without true_class "
                     "(default: the ImageNet val labels shipped in imagenet-x)")
     mt.add_argument("--json", action="store_true", help="print the headline metrics as JSON instead of a table")
+    mt.add_argument("--allow-mixed", action="store_true", help=ALLOW_MIXED)
     mt.set_defaults(func=_metrics)
 
     c = sub.add_parser("recipes", help="list the shipped recipes, each with its one-line description")

@@ -237,3 +237,19 @@ def test_data_with_a_demo_recipe_is_refused_naming_the_recipes_that_read_data(tm
     err = capsys.readouterr().err
     assert one_line_error(err) and "imagenet-" in err and "data.backend" in err, err
     assert not (out / "config.toml").exists()
+
+
+def test_eval_data_on_a_demo_run_is_refused(tmp_path, capsys):
+    """`fastadv eval RUN --data PATH` on a demo run would evaluate the digits and ignore PATH: refused, nothing written."""
+    from fastadv.config import load_config
+    from fastadv.train import train
+
+    run = tmp_path / "run"
+    train(load_config("demo-std", ["data.image_size=16", "data.limit_train=16", "data.batch_size=16",
+                                   "model.arch=resnet18", "train.max_steps=1", "train.progress=false",
+                                   f"train.out_dir={run}"]))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(tmp_path / "imagenet")]) == 2
+    err = capsys.readouterr().err
+    assert one_line_error(err) and "data.backend=demo" in err and "imagenet-" in err, err
+    assert not (run / "eval").exists()

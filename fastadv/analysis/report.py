@@ -16,6 +16,7 @@ from typing import Any
 
 from fastadv.errors import FastadvError
 from fastadv.methods.registry import method_names, method_spec
+from fastadv.analysis.comparable import check_comparable, describe, warning_lines
 from fastadv.analysis.figures import classwise_figure, imagenet_c_figure, imagenet_x_figure
 from fastadv.analysis.training_curves import add_training_figures
 from fastadv.analysis.metrics import CORRUPTIONS, relative_change
@@ -193,6 +194,7 @@ def _document(models: list[dict[str, Any]], figures: dict[str, str | None]) -> D
     attacks = _attacks(models)
     titles = [_title(models, spec) for spec in attacks]
     doc.add(
+        *[Para(line) for line in warning_lines(models)],  # models evaluated differently / unknown: first
         Para("Made by `fastadv metrics` / `fastadv report` from the per-image prediction CSVs below; every number "
              "is recomputed from those files alone (no model, no GPU). Errors are top-1 error rates in %; SD is the "
              "population standard deviation across classes (ddof = 0). Models are named by their config's `name` "
@@ -200,7 +202,7 @@ def _document(models: list[dict[str, Any]], figures: dict[str, str | None]) -> D
              "`fastadv eval RUN --set name=NAME`). Images that could not be decoded were skipped and are counted."),
         *[Para(line) for line in headline_lines(models)],
         Bullets([f"`{m['source']}` ({m['model']}, {m['arch'] or 'arch ?'}, K={m['num_classes']}, M={m['num_aux']}; "
-                 f"{_skipped_images(m)})" for m in models]),
+                 f"{_skipped_images(m)}; {describe(m)})" for m in models]),
         Heading(2, "Suites"), Table(["model", "suite", "status", "details / reason"], _suite_rows(models), 99),
         Heading(2, "Table 1: error rates (%)"),
         Table(["model", "Clean", "mCE (paper, unnormalized)", "mCE (AlexNet-normalized)",
@@ -348,7 +350,8 @@ def _imagenet_x_section(doc: Doc, models: list[dict[str, Any]], figure: str | No
                        "ImageNet-X: error rate (top) and error ratio (bottom) per factor of variation."))
 
 
-def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources | None = None) -> dict[str, Any]:
+def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources | None = None,
+                 allow_mixed: bool = False) -> dict[str, Any]:
     """Write metrics.json, report.md, report.html and the figures into out_dir; return the metrics.
 
     `inputs`: eval dirs, run dirs, prediction CSVs (one per model) or folders of them.
@@ -362,6 +365,7 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources
     paths = find_inputs(list(inputs))
     models = [_finite(model_metrics(p, sources)) for p in paths]
     distinct_names(paths, models)  # runs of one recipe share its name: each gets its folder
+    check_comparable(models, allow_mixed)  # models evaluated differently: refused before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {"classwise": classwise_figure(models, out_dir), IMAGENET_C: imagenet_c_figure(models, out_dir),
                IMAGENET_X: imagenet_x_figure(models, out_dir)}
@@ -369,6 +373,7 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, sources: Sources
         "units": "errors are fractions in [0, 1]; SD is the population SD across classes (ddof = 0)",
         "headline": {m["model"]: _finite(headline(m) | headline_fields(m)) for m in models},
         "figures": figures,
+        "evaluation_warnings": warning_lines(models),
         "models": models,
     }
     doc = _document(models, figures)

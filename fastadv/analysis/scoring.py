@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fastadv.analysis.comparable import evaluation_fields
 from fastadv.analysis.imagenet_meta import NUM_CLASSES, SuiteSkipped, imagenet_val_labels, imagenet_wnids
 from fastadv.analysis.metrics import corruption_errors, setting_metrics
 from fastadv.analysis.predictions import Predictions, read_predictions
@@ -161,6 +162,7 @@ def _eval_dir_model(eval_dir: Path, sources: Sources) -> dict[str, Any]:
         "label_augmented": bool(info.get("label_augmented", num_aux > 0)), "class_names": names,
         "source": str(eval_dir), "eval_dir": str(eval_dir), "settings": settings, "suites": {},
         "subset": info.get("subset"), "method": info["method"] if "method" in info else _run_method(eval_dir, info),
+        "evaluation": evaluation_fields(info),
     }
     clean = loaded.get(CLEAN)
     real_path = sources.real_labels or info.get("real_labels")

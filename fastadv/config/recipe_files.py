@@ -126,3 +126,13 @@ def recipe_descriptions() -> dict[str, str]:
         _check_loader_keys(raw, name)
         out[name] = raw.get("description", "")
     return out
+
+
+def check_data_is_read(data: str | None, cfg) -> None:
+    """--data with data.backend=demo would be ignored (the embedded digits) yet recorded: refuse it."""
+    if not data or cfg.data.backend != "demo":
+        return
+    readers = [n for n in recipe_names() if read_recipe(n).get("data", {}).get("backend", "folder") != "demo"]
+    raise FastadvError(f"--data {data}: {cfg.name} uses the embedded demo digits (data.backend=demo) "
+                       f"and reads no data; the recipes that read --data are {', '.join(readers)} (or add "
+                       f"data.backend=folder model.num_classes=K to use your folders with this recipe)")

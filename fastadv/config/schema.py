@@ -187,6 +187,9 @@ class EvalConfig(RobustnessOptions):  # + subset, AutoAttack, masking checks, pa
     early_stop_compact: bool = False
     batch_size: int = 0  # 0 = data.eval_batch_size
     seed: int = 0  # PGD random start and generated ImageNet-C noise
+    # Precision of every evaluation forward pass and attack: fp32 on every device (train.amp does
+    # not apply: runs trained in bf16 and fp32 are attacked alike) | bf16 (autocast; faster, opt-in).
+    amp: str = "fp32"
     # ImageNet-C: "" = not evaluated (reported as skipped) | a released folder
     # <corruption>/<severity>/<wnid>/*.JPEG | "generate" (from the val images, cached as JPEG q85)
     imagenet_c: str = ""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 BACKENDS = ("auto", "dali", "ffcv", "folder", "demo")
 DALI_DEVICES = ("auto", "cpu", "gpu")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+EVAL_AMP_MODES = ("fp32", "bf16")  # eval.amp: its own setting, never train.amp
 COMPILE_CHOICES = ("auto", "true", "false")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LR_SCALING = ("none", "linear", "sqrt")
@@ -95,6 +96,9 @@ def validate(cfg: Config) -> None:
     spec = method_spec(me.name)
     _choice("data.backend", d.backend, BACKENDS)
     _choice("train.amp", t.amp, AMP_MODES)
+    if e.amp not in EVAL_AMP_MODES:
+        raise FastadvError(f"eval.amp={e.amp!r} is not one of: {', '.join(EVAL_AMP_MODES)} "
+                           "(evaluation precision; fp32 is the default, bf16 is faster)")
     _choice("train.compile", t.compile, COMPILE_CHOICES)
     _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
     _choice("attack.head", a.head, tuple(HEADS))

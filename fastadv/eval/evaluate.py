@@ -21,6 +21,7 @@ from fastadv.runtime import distributed
 from fastadv.analysis.predictions import write_predictions
 from fastadv.models.checkpoint import BEST_NAME, load_checkpoint, resolve_checkpoint
 from fastadv.config import apply_override, from_dict, validate
+from fastadv.config.recipe_files import check_data_is_read
 from fastadv.data import build_dataset, build_loader
 from fastadv.data.eval_subset import select_subset
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
@@ -30,7 +31,7 @@ from fastadv.runtime.fileio import atomic_write_text
 from fastadv.eval.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
 from fastadv.runtime.progress import progress_bar
-from fastadv.runtime.device import amp_dtype, autocast, maybe_compile, prepare_model, to_device
+from fastadv.runtime.device import autocast, eval_amp_dtype, maybe_compile, prepare_model, to_device
 from fastadv.eval.suites import CLEAN, IMAGENET_C, IMAGENET_C_SKIPPED, Setting, imagenet_c_setting, settings_for
 
 
@@ -47,13 +48,15 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     cfg = from_dict(ckpt["config"])
     for item in overrides or []:
         apply_override(cfg, item)
+    given_path = [o.partition("=")[2] for o in overrides or [] if o.partition("=")[0].strip() == "data.path"]
+    check_data_is_read(given_path[-1] if given_path else None, cfg)  # a demo run would ignore --data
     cfg.model.pretrained, cfg.model.init, cfg.model.weights = False, "", ""  # the checkpoint carries the weights
     validate(cfg)
     out = Path(out_dir) if out_dir else ckpt_path.parent / eval_folder_name(ckpt_path)
     # Under torchrun each rank evaluates whole batches of its own and rank 0 writes (fastadv.runtime.distributed).
     device = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)[1]
     progress = progress and distributed.is_main()
-    amp = amp_dtype(cfg.train.amp, device)
+    amp = eval_amp_dtype(cfg.eval.amp)  # eval.amp (fp32 by default), never the run's train.amp
     model = build_model(cfg.model)
     model.load_state_dict(ckpt.get("eval_model") or ckpt["model"])  # eval_model: e.g. the FAWA weight average
     model = prepare_model(model, device, cfg.train.channels_last).eval()
@@ -73,7 +76,8 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
         "num_classes": cfg.model.num_classes, "num_aux": cfg.model.num_aux,
         "label_augmented": cfg.model.num_aux > 0, "class_names": list(dataset.classes),
         "data": {"backend": cfg.data.backend, "path": cfg.data.path, "images": len(dataset)},
-        "device": str(device), "settings": {}, "best": ckpt.get("best"),
+        "device": str(device), "precision": cfg.eval.amp, "eval_seed": cfg.eval.seed,
+        "settings": {}, "best": ckpt.get("best"),
     }
     info["request"] = request_of(cfg)
     info["real_labels"] = cfg.eval.real_labels or None
@@ -112,6 +116,8 @@ def request_of(cfg) -> dict[str, Any]:
             "autoattack_eps": e.autoattack_eps, "autoattack_version": e.autoattack_version,
             "autoattack_attacks": e.autoattack_attacks, "masking_checks": e.masking_checks,
             "transfer_from": e.transfer_from, "attack_convention": e.attack_convention,
+            # always: an eval.json without it ran under train.amp (bf16 for a bf16 run), so it is redone
+            "amp": e.amp,
             # only when on: requests recorded before the option existed stay equal to the default's
             **({"early_stop": True, "early_stop_compact": e.early_stop_compact} if e.early_stop else {})}
 

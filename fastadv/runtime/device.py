@@ -26,6 +26,12 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
 
 
+def eval_amp_dtype(mode: str) -> torch.dtype | None:
+    """eval.amp: fp32 (None: no autocast) on every device, or bf16 on request. Never train.amp, so runs
+    trained in different precisions are evaluated, and compared, in the same one."""
+    return {"fp32": None, "bf16": torch.bfloat16}[mode]
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 

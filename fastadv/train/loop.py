@@ -29,7 +29,7 @@ from fastadv.models import build_model, predict_k
 from fastadv.train.optim import WeightEma, build_optimizer
 from fastadv.runtime.progress import progress_bar
 from fastadv.runtime.runfolder import check_dataset, dataset_fingerprint, save_config
-from fastadv.runtime.device import amp_dtype, autocast, maybe_compile, prepare_model, to_device
+from fastadv.runtime.device import amp_dtype, autocast, eval_amp_dtype, maybe_compile, prepare_model, to_device
 from fastadv.train.overfit import build_guard
 from fastadv.train.runlog import log_names
 from fastadv.train.sinks import build_sinks, check_loggers
@@ -109,7 +109,7 @@ class Trainer:
         self.log = build_sinks(cfg.train.loggers, self.out_dir, cfg, enabled=self.dist.is_main)
         self.validator = None
         if validation_split(cfg) != "off":
-            self.validator = Validator(cfg, self.holdout_set, self.device, self.amp)
+            self.validator = Validator(cfg, self.holdout_set, self.device, eval_amp_dtype(cfg.eval.amp))  # as fastadv eval
         self.overfit = build_guard(cfg, self.holdout_set, self.steps_per_epoch, self.device)  # None when off
         self._stop = False
         self.finite_guard: FiniteGuard | None = None  # set by fit()
