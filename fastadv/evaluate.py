@@ -24,6 +24,7 @@ from fastadv.data import build_dataset, build_loader
 from fastadv.data.eval_subset import select_subset
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
 from fastadv.errors import FastadvError
+from fastadv.eval_scoring import reconcile, scored
 from fastadv.eval_resume import ResumeFile, resume_file  # noqa: F401 (ResumeFile: a type hint)
 from fastadv.fileio import atomic_write_text
 from fastadv.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
@@ -199,13 +200,23 @@ def _predict_batch(model, batch, setting: Setting, cfg, device, amp, k: int) -> 
     x = to_device(batch.images, device, cfg.train.channels_last)
     y = batch.labels.to(device)
     extra: dict[str, list] = {}
+    clean_logits = None
     with autocast(device, amp):
         if setting.attack is not None:
+            with torch.no_grad():
+                clean_logits = model(x).float()
             x = setting.attack(model, x, y)
             if getattr(setting.attack, "returns_extras", False):
                 x, extra = x
         with torch.no_grad():
             logits = model(x).float()
+    if clean_logits is None:
+        pred = predict_k(logits, k)
+    else:  # the one scoring rule (fastadv.eval_scoring): a clean error stays an error
+        pred, logits = scored(clean_logits, logits, y, k)
     p = torch.softmax(logits[:, :k], dim=1)
-    return {"index": batch.indices.tolist(), "pred": predict_k(logits, k).cpu().tolist(),
-            "prob": p.max(dim=1).values.cpu().tolist(), "true": batch.labels.tolist(), "extra": extra}
+    pred_list, true = pred.cpu().tolist(), batch.labels.tolist()
+    if clean_logits is not None:
+        extra = reconcile(extra, pred_list, true, predict_k(clean_logits, k).eq(y).cpu().tolist())
+    return {"index": batch.indices.tolist(), "pred": pred_list,
+            "prob": p.max(dim=1).values.cpu().tolist(), "true": true, "extra": extra}
