@@ -1,16 +1,26 @@
-"""AutoAttack (Croce & Hein 2020) through the official package `pyautoattack` (0.2.0), per image.
+"""AutoAttack (Croce & Hein 2020) through the official package `pyautoattack` (0.2.0), per eval batch.
 
-`AutoAttackRun(...)(model, x, y)` returns the adversarial images and, per image, pyautoattack's
-robust flag and the attack that broke it ("clean" = misclassified before any attack, "" = robust).
-It calls `AutoAttack.run_standard_evaluation` once per attack of the version, in the version's
-order, on the images still robust: the library's own loop does exactly that (each attack seeds
-itself with `seed` before perturbing, and runs only on points still robust), so the flags equal
-one direct `run_standard_evaluation` call on the same images, eps and seed (tests/test_autoattack.py),
-and we learn which attack broke each image, which the combined call does not report.
+`AutoAttackRun(...)(model, x, y)` returns the adversarial images and, per image, the robust flag
+and the attack that broke it ("clean-error" = misclassified before any attack, "" = robust). It
+calls `AutoAttack.run_standard_evaluation` once per attack of the version, in the version's order,
+on the images still correct under the scoring rule (argmax over K; fastadv.eval_scoring).
 
-head "k" attacks the K-class head (the model seen through `HeadView`, logits[:, :K]); head "all"
-attacks all K+M logits (pyautoattack's "robust" then means argmax over K+M == y; the caller
-scores argmax over K of the returned images, see fastadv.suites).
+What is tested (tests/test_autoattack.py, tests/test_autoattack_batches.py), head "k":
+- on one batch, flags and adversarial images equal one direct `run_standard_evaluation` call on
+  that batch with the same eps, seed and version;
+- over 4 eval batches, and over an eval interrupted (KeyboardInterrupt) and resumed per batch
+  (fastadv.eval_resume), the flags equal one direct call on all evaluated images with
+  bs = eval.batch_size (Square, 16 px demo model).
+Not promised: the adversarial images across batches. The direct call regroups the still-robust
+images of all batches into chunks of bs, and each attack draws its random start per chunk, so an
+image whose outcome hinges on its random start can differ (a 16 px toy model at eps 0.12 with
+APGD-CE + Square: 24 vs 26 of 48 robust; at 0.14 and 0.16 equal).
+
+head "k" attacks the K-class head (`HeadView`, logits[:, :K]); head "all" attacks all K+M logits.
+pyautoattack's own success test is then argmax over K+M, which is not the scoring rule: an image
+broken only over K+M (an extra logit wins, argmax over K still the label) stays robust and goes on
+to the next attack, and an image whose clean argmax over K+M is an extra logit (pyautoattack
+would never attack it) is attacked on the K head instead (column `attacked_on`: k+m or k).
 """
 
 from __future__ import annotations
