@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from fastadv import distributed
+from fastadv.analysis.audit import audit_eval_dir
 from fastadv.analysis.predictions import write_predictions
 from fastadv.checkpoint import load_checkpoint, resolve_checkpoint
 from fastadv.config import apply_override, from_dict, validate
@@ -84,6 +85,7 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
     info["suites"] = {IMAGENET_C: _imagenet_c(model, dataset, clean_rows, cfg, device, amp, batch_size,
                                               out, info, progress)}
     if distributed.is_main():
+        audit_eval_dir(out, info)  # a violated invariant: one line, exit 2, the old eval.json kept
         atomic_write_text(out / "eval.json", json.dumps(info, indent=2))
     return out
 

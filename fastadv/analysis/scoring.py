@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fastadv.analysis.audit import audit_eval_dir
 from fastadv.analysis.imagenet_meta import NUM_CLASSES, SuiteSkipped, imagenet_val_labels, imagenet_wnids
 from fastadv.analysis.metrics import corruption_errors, setting_metrics
 from fastadv.analysis.predictions import Predictions, read_predictions
@@ -118,6 +119,7 @@ def check_same_images(first: Predictions, other: Predictions) -> None:
 
 def _eval_dir_model(eval_dir: Path, sources: Sources) -> dict[str, Any]:
     info = _load_eval_json(eval_dir)
+    audit_eval_dir(eval_dir, info)  # the scoring rule's invariants, again on read (fastadv.analysis.audit)
     k = int(info["num_classes"])
     num_aux = int(info.get("num_aux", 0) or 0)
     names = [str(c) for c in info.get("class_names") or range(k)]
