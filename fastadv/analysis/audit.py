@@ -20,7 +20,7 @@ import numpy as np
 
 from fastadv.analysis.predictions import Predictions, read_predictions
 from fastadv.errors import FastadvError
-from fastadv.suites import AUTOATTACK, CLEAN, IMAGENET_C_SETTING_SUITE
+from fastadv.suites import AUTOATTACK, CLEAN, IMAGENET_C_SETTING_SUITE, suite_of
 
 NOT_ATTACKS = (CLEAN, IMAGENET_C_SETTING_SUITE)  # the "suite" of settings that no attack ran on
 
@@ -43,13 +43,14 @@ def audit_eval_dir(eval_dir: str | Path, info: Mapping[str, Any] | None = None) 
     clean = read_predictions(clean_path, k)
     clean_ok = dict(zip(clean.file_names, (clean.predicted == clean.true).tolist()))
     for key, entry in settings.items():
-        if (entry or {}).get("suite") in NOT_ATTACKS:
+        suite = (entry or {}).get("suite") or suite_of(key)
+        if suite in NOT_ATTACKS:
             continue
         path = eval_dir / "predictions" / f"{key}.csv"
         if not path.is_file():
             continue  # scoring names a missing CSV in its own words
         preds = read_predictions(path, k)
-        if (entry or {}).get("suite") == AUTOATTACK:
+        if suite == AUTOATTACK:
             _same_images(path, preds, clean_ok)
         _robust_needs_clean(path, preds, clean_ok)
         _per_class(path, preds, clean, k)

@@ -119,7 +119,6 @@ def check_same_images(first: Predictions, other: Predictions) -> None:
 
 def _eval_dir_model(eval_dir: Path, sources: Sources) -> dict[str, Any]:
     info = _load_eval_json(eval_dir)
-    audit_eval_dir(eval_dir, info)  # the scoring rule's invariants, again on read (fastadv.analysis.audit)
     k = int(info["num_classes"])
     num_aux = int(info.get("num_aux", 0) or 0)
     names = [str(c) for c in info.get("class_names") or range(k)]
@@ -143,6 +142,7 @@ def _eval_dir_model(eval_dir: Path, sources: Sources) -> dict[str, Any]:
         settings[key] = {"suite": suite_of(key), **(setting_info or {}), **setting_metrics(preds, k)}
         if preds.extra and "broken_by" in preds.extra:  # AutoAttack: how many images each attack broke
             settings[key]["broken_by"] = dict(Counter(b or "robust" for b in preds.extra["broken_by"]))
+    audit_eval_dir(eval_dir, info)  # the scoring rule's invariants, again on read (fastadv.analysis.audit)
     model = {
         "model": str(info["model"]), "arch": info.get("arch"), "num_classes": k, "num_aux": num_aux,
         "label_augmented": bool(info.get("label_augmented", num_aux > 0)), "class_names": names,
