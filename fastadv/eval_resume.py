@@ -69,9 +69,11 @@ def _loads(line: str) -> Any:
 
 
 def resume_file(out: Path, setting, cfg, checkpoint: str) -> ResumeFile:
+    from fastadv.eval_scoring import SCORING_RULE
     from fastadv.evaluate import request_of
 
     e = cfg.eval
     fingerprint = {"key": setting.key, "checkpoint": [checkpoint, os.stat(checkpoint).st_mtime_ns], "info": setting.info(), "request": request_of(cfg), "seed": e.seed,
-                   "batch_size": e.batch_size or cfg.data.eval_batch_size, "model": cfg.model.__dict__}
+                   "batch_size": e.batch_size or cfg.data.eval_batch_size, "model": cfg.model.__dict__,
+                   "scoring_rule": SCORING_RULE}  # batches scored under an older rule are attacked again
     return ResumeFile(Path(out) / "partial", setting.key, fingerprint)

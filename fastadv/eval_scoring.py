@@ -21,6 +21,7 @@ import torch
 
 from fastadv.attacks.auto_attack import CLEAN_MISS
 
+SCORING_RULE = 2  # in each resume fingerprint (fastadv.eval_resume): 1 = before issue 24
 RESCORED = "rescored"  # broken_by of an image the attack called robust but the final scoring did not (numerics)
 
 

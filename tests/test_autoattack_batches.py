@@ -119,3 +119,18 @@ def test_pyautoattack_chatter_stays_out_of_the_output(capfd):
     out, err = capfd.readouterr()
     assert "setting parameters" not in out + err
     assert "version" not in out
+
+
+def test_eval_refuses_to_write_eval_json_over_a_violated_invariant(run_dir, tmp_path, monkeypatch):
+    from fastadv.errors import FastadvError
+
+    out = evaluate_module.evaluate(run_dir, tmp_path / "eval", ASK, progress=False)
+    before = (out / "eval.json").read_bytes()
+
+    def every_image_robust(extra, pred, true, clean_ok):
+        return {**extra, "robust": [1] * len(pred), "broken_by": [""] * len(pred)} if "robust" in extra else extra
+
+    monkeypatch.setattr(evaluate_module, "reconcile", every_image_robust)
+    with pytest.raises(FastadvError, match=r"autoattack\.csv: image .*both robust and broken"):
+        evaluate_module.evaluate(run_dir, tmp_path / "eval", ASK, progress=False)
+    assert (out / "eval.json").read_bytes() == before
