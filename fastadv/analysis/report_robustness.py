@@ -10,6 +10,8 @@ from fastadv.eval import suites, suites_robustness
 from fastadv.analysis.masking import FAIL, failed_checks, masking_checks
 from fastadv.analysis.report_render import Bullets, Doc, Heading, Para, Table
 
+CLEAN_MISS = "clean-error"  # = fastadv.attacks.auto_attack.CLEAN_MISS (the analysis side stays torch-free; tested)
+
 
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
@@ -54,21 +56,34 @@ def add_sections(doc: Doc, models: list[dict[str, Any]]) -> None:
                  "numbers above may overstate robustness."))
 
 
+def autoattack_counts(s: dict[str, Any]) -> dict[str, int]:
+    """One AutoAttack row's images by outcome, from its CSV's broken_by column (scoring.py counts it):
+    clean errors + robust + broken = evaluated images, and robust / images = the row's robust accuracy."""
+    by = s.get("broken_by") or {}
+    images, clean, robust = sum(by.values()), by.get(CLEAN_MISS, 0), by.get("robust", 0)
+    return {"images": images, "clean errors": clean, "robust": robust, "broken": images - clean - robust}
+
+
 def _autoattack(doc: Doc, models: list[dict[str, Any]]) -> None:
     rows = []
     for m in models:
         for key, s in m["settings"].items():
             if s.get("suite") == suites_robustness.AUTOATTACK:
-                broken = s.get("broken_by") or {}
-                rows.append([m["model"], key, _pct(1 - s["error"]), _pct(s["classwise"]["sd"]),
-                             ", ".join(f"{a}: {n}" for a, n in broken.items())])
+                n = autoattack_counts(s)
+                by = ", ".join(f"{a}: {c}" for a, c in (s.get("broken_by") or {}).items() if a not in ("robust", CLEAN_MISS))
+                attacked = "all K+M logits" if s.get("head") == "all" else "K-class head"
+                rows.append([m["model"], key, attacked, _pct(1 - s["error"]), str(n["images"]), str(n["clean errors"]),
+                             str(n["robust"]), f"{n['broken']}" + (f" ({by})" if by else ""), _pct(s["classwise"]["sd"])])
     if rows:
         doc.add(Heading(2, "AutoAttack"),
-                Table(["model", "setting", "robust accuracy", "class-wise SD of error", "images by outcome"], rows, 1),
-                Para("pyautoattack 0.2.0 (the official attacks). 'clean-error' = misclassified without attack; each other "
-                     "name = the attack that broke the image (each attack runs only on images still robust). The K+M "
-                     "row attacks all K+M logits (pyautoattack's own flag: argmax over K+M = label) and is scored, like "
-                     "every row, by argmax over the K classes of the returned images."))
+                Table(["model", "setting", "attacked", "robust accuracy", "images", "clean errors", "robust",
+                       "broken (by attack)", "class-wise SD of error"], rows, 1),
+                Para("pyautoattack 0.2.0 (the official attacks). One scoring rule for every row (fastadv.eval.scoring_rule): "
+                     "an image is robust only if it is correct over the K classes clean, every attack of the version "
+                     "ran on it, and none changed its argmax over the K classes; clean errors + robust + broken = "
+                     "images. The K+M row attacks all K+M logits; where pyautoattack's own test (argmax over K+M) "
+                     "already fails on the clean image, that image is attacked on the K head instead (CSV column "
+                     "attacked_on)."))
 
 
 def _conventions(doc: Doc, models: list[dict[str, Any]]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fastadv.analysis.comparable import evaluation_fields
+from fastadv.analysis.audit import audit_eval_dir
 from fastadv.analysis.imagenet_meta import NUM_CLASSES, SuiteSkipped, imagenet_val_labels, imagenet_wnids
 from fastadv.analysis.metrics import corruption_errors, setting_metrics
 from fastadv.analysis.predictions import Predictions, read_predictions
@@ -157,6 +158,7 @@ def _eval_dir_model(eval_dir: Path, sources: Sources) -> dict[str, Any]:
         settings[key] = {"suite": suite_of(key), **(setting_info or {}), **setting_metrics(preds, k)}
         if preds.extra and "broken_by" in preds.extra:  # AutoAttack: how many images each attack broke
             settings[key]["broken_by"] = dict(Counter(b or "robust" for b in preds.extra["broken_by"]))
+    audit_eval_dir(eval_dir, info)  # the scoring rule's invariants, again on read (fastadv.analysis.audit)
     model = {
         "model": str(info["model"]), "arch": info.get("arch"), "num_classes": k, "num_aux": num_aux,
         "label_augmented": bool(info.get("label_augmented", num_aux > 0)), "class_names": names,

@@ -103,6 +103,9 @@ def resume_file(out: Path, setting, cfg, checkpoint: str, request: dict[str, Any
 
 def _fingerprint(setting, cfg, checkpoint: str, request: dict[str, Any]) -> dict[str, Any]:
     """request: evaluate.request_of(cfg), passed in (this module sits below evaluate.py)."""
+    from fastadv.eval.scoring_rule import SCORING_RULE
+
     e = cfg.eval
     return {"key": setting.key, "checkpoint": [checkpoint, os.stat(checkpoint).st_mtime_ns], "info": setting.info(), "request": request, "seed": e.seed,
-                   "batch_size": e.batch_size or cfg.data.eval_batch_size, "model": cfg.model.__dict__}
+                   "batch_size": e.batch_size or cfg.data.eval_batch_size, "model": cfg.model.__dict__,
+            "scoring_rule": SCORING_RULE}  # batches scored under an older rule are attacked again
