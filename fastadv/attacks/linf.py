@@ -26,17 +26,13 @@ from fastadv.errors import FastadvError
 TRAIN_ALPHA_RATIO = 0.25  # attack.alpha = 0 in a recipe: the training PGD steps eps / 4 (docs/reference/methods.md: PGD)
 
 @contextlib.contextmanager
-def attack_mode(model: nn.Module, mode: str = "eval", input_grad_only: bool = False) -> Iterator[None]:
+def attack_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     """Eval mode (or train mode: BatchNorm uses and updates batch statistics, as some reference
-    codes attack) and frozen parameters for the duration of an attack, restored afterwards.
-
-    input_grad_only: the caller differentiates with autograd.grad w.r.t. its input only (never
-    loss.backward()), so under eager autocast the parameters may stay trainable (see
-    `_autocast_caches_weights`); third-party attacks (AutoAttack) keep the freeze."""
+    codes attack) and frozen parameters for the duration of an attack, restored afterwards."""
     if mode not in ATTACK_MODEL_MODES:
         raise FastadvError(f"attack model mode {mode!r} must be one of {ATTACK_MODEL_MODES}")
     was_training = model.training
-    frozen = [] if input_grad_only and _autocast_caches_weights(model) else [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if p.requires_grad]
     model.train(mode == "train")
     for p in frozen:
         p.requires_grad_(False)
@@ -46,22 +42,6 @@ def attack_mode(model: nn.Module, mode: str = "eval", input_grad_only: bool = Fa
         for p in frozen:
             p.requires_grad_(True)
         model.train(was_training)
-
-
-def _autocast_caches_weights(model: nn.Module) -> bool:
-    """Leave the parameters trainable for an eager attack under autocast.
-
-    Why: autocast caches its low-precision copy of a weight only while the weight requires grad,
-    so frozen parameters are cast again in every forward of every attack step: 731 copies, 14% of
-    the host time of an eager bf16 PGD-10 on ResNet-50 (64 px, batch 8, CPU; bench.profile). The
-    attack differentiates with autograd.grad(loss, x_adv), which neither computes nor accumulates
-    weight gradients, so freezing buys nothing there. A whole-step compiled model keeps the
-    freeze: inductor fuses the casts into its graph, and its guards were traced with frozen weights.
-    """
-    first = next(iter(model.parameters()), None)
-    if first is None or compiled.whole_step(model):
-        return False
-    return torch.is_autocast_enabled(first.device.type) and torch.is_autocast_cache_enabled()
 
 
 def attack_view(model: nn.Module) -> nn.Module:
@@ -117,7 +97,7 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, al
     """
     x = x.detach()
     model = attack_view(model)
-    with attack_mode(model, model_mode, input_grad_only=True):
+    with attack_mode(model, model_mode):
         # The random start is drawn eagerly on every path: the same RNG stream, the same start, whether the
         # loop then runs eagerly or as one compiled graph (inductor's RNG would draw other numbers).
         start = kernels.random_start(x, eps) if random_start else x.clone()
@@ -243,7 +223,7 @@ def trades_kl_attack(model: nn.Module, x: torch.Tensor, *, eps: Eps, alpha: Eps,
     x = x.detach()
     model = attack_view(model)
     width = num_classes if head == "k" else None
-    with attack_mode(model, model_mode, input_grad_only=True):
+    with attack_mode(model, model_mode):
         with torch.no_grad():
             p_clean = torch.softmax(model(x)[:, :width].float(), dim=1)
         start = x + init_std * torch.randn(x.shape, dtype=x.dtype, device=x.device)
