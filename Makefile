@@ -89,8 +89,8 @@ docs: $(DOCS_STAMP)  ## build the documentation site into site/ (MkDocs --strict
 	$(BIN)/python docs/gen_reference.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
-bench: install  ## benchmark the fast path against the research and eager AMP loops (BENCH_ARGS=...)
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+bench: install  ## benchmark the fast path against the research and eager AMP loops (BENCH_ARGS=..., PROFILE=1: traces)
+	$(BIN)/python -m bench.run $(if $(filter 1,$(PROFILE)),--profile) $(BENCH_ARGS)
 
 # Runs from the source tree with the system's python (torch, torchvision, triton): no install, no index.
 PYTHON ?= python3

@@ -47,11 +47,64 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def in_use_mib(device: torch.device) -> float:
+    """GPU: memory allocated now. CPU: the process's resident set size now (VmRSS)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 @dataclass
 class Timing:
     median_s: float
     runs_s: list[float]
     peak_mib: float
+
+    @property
+    def min_s(self) -> float:
+        return min(self.runs_s)
+
+    @property
+    def max_s(self) -> float:
+        return max(self.runs_s)
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int,
+                     resident_mib: Callable[[str], float] | None = None) -> dict[str, Timing]:
+    """Median wall time of each of `calls` (the variants of one workload), interleaved.
+
+    Why: on a shared or throttling machine a slow spell hits whichever variant runs then; one after
+    another, the last variant ran slower than it is (issue 29). Here each repeat calls every variant
+    once, the order rotated per repeat, so every variant sees the same spells and the median and
+    the min-max compare like with like. Peak memory of a variant: `resident_mib(name)` (model,
+    optimizer state, batch) plus the most any of its calls added above what was in use before it,
+    so the other variants' models, alive at the same time, are not counted.
+    """
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    sync(device)
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    added = dict.fromkeys(names, 0.0)
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            reset_peak_memory(device)
+            before = in_use_mib(device)
+            start = time.perf_counter()
+            calls[name]()
+            sync(device)
+            runs[name].append(time.perf_counter() - start)
+            added[name] = max(added[name], peak_memory_mib(device) - before)
+    resident = {n: resident_mib(n) if resident_mib else 0.0 for n in names}  # after warm-up: optimizer state exists
+    return {n: Timing(statistics.median(runs[n]), runs[n], resident[n] + added[n]) for n in names}
 
 
 def time_it(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:

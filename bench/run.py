@@ -5,7 +5,9 @@
 
 Prints a table and writes JSON to bench/results/<device>-<date>.json (-2, -3, ... when that
 exists: a result is never replaced). Warm-up calls are excluded; each number is the median of
-repeated runs. The cost model is docs/reference/methods.md, costs: one forward's FLOPs are counted by
+interleaved repeats (every repeat runs every variant once, the order rotated), with the min-max
+beside it. --profile (make bench PROFILE=1) adds a Chrome/Perfetto trace per workload and variant
+and the top ops by self time (bench.profile). The cost model is docs/reference/methods.md, costs: one forward's FLOPs are counted by
 torch.utils.flop_counter at the benchmarked size.
 """
 
@@ -24,8 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import kernels_bench, loaders
 from bench import targets as bench_targets
-from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, time_it, unused_stem
-from bench.workloads import FORWARDS_PER_IMAGE, WORKLOADS, describe_path, kernel_path, make_setup, variants, workload
+from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, time_interleaved, unused_stem
+from bench.profile import format_side_by_side, profile_call
+from bench.workloads import (FORWARDS_PER_IMAGE, WORKLOADS, describe_path, in_kernel_path, kernel_path, make_setup,
+                             setup_mib, variants, workload)
 from fastadv.runtime.hardware import detect_cpu
 from fastadv.config import ModelConfig
 from fastadv.runtime.fileio import atomic_write_text
@@ -51,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default: 64 128 256 on a GPU, 8 on the CPU)")
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     p.add_argument("--variants", nargs="+", default=["research", "eager-amp-cl", "fastadv"])
-    p.add_argument("--repeats", type=int, default=0, help="timed runs per measurement (default 10 GPU, 3 CPU)")
+    p.add_argument("--repeats", type=int, default=0, help="interleaved timed repeats per workload (default 10 GPU, 5 CPU)")
     p.add_argument("--warmup", type=int, default=0, help="untimed runs first (default 3 GPU, 1 CPU; compiles happen here)")
     p.add_argument("--no-compile-on-cpu", action="store_true",
                    help="fastadv variant eager on the CPU (the default now: the shipped CPU path does not compile)")
@@ -63,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-loaders", action="store_true", help="no loader throughput (needs a folder of sample photos, see bench.loaders)")
     p.add_argument("--loader-path", default=str(loaders.SAMPLES), help="JPEG class folders for the loader benchmark")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON result")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one call per workload and variant: a Chrome/Perfetto trace each in "
+                        "<result>.profiles/, top ops by self time in the JSON (make bench PROFILE=1)")
     return p.parse_args(argv)
 
 
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = device.type == "cuda"
     size = args.size or (224 if gpu else 64)
     batches = args.batch or ([64, 128, 256] if gpu else [8])
-    repeats = args.repeats or (10 if gpu else 3)
+    repeats = args.repeats or (10 if gpu else 5)
     warmup = args.warmup or (3 if gpu else 1)
     num_classes, num_aux = 1000, 1
     facts = device_facts(device)
@@ -95,29 +102,30 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in paths.items():
         print(f"path {name:13s}: {path['dtype']}, channels_last={path['channels_last']}, "
               f"compiled={path['compile_mode']}, kernels={path['kernels']}", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", str(facts["name"]).lower()).strip("-")
+    stem = unused_stem(out, f"{slug}-{dt.date.today().isoformat()}", (".json", ".profiles"))  # never replaces a result
+    profiles: list[dict] = []
+    print(f"timing: {warmup} warm-up + {repeats} interleaved repeats per workload (variants alternate, "
+          "order rotated per repeat); median and min-max", flush=True)
     for batch in batches:
-        for variant in chosen:
-            with kernel_path(variant.fused_kernels):
-                setup = fn = None
-                try:
-                    setup = make_setup(variant, args.arch, num_classes, num_aux, batch, size, device)
-                    for name in args.workloads:
-                        fn = workload(name, variant, setup, num_classes, device)
-                        t = time_it(fn, device, warmup, repeats)
-                        ips = batch / t.median_s
-                        tflops = ips * FORWARDS_PER_IMAGE[name] * fwd_gflops / 1e3
-                        rows.append({"workload": name, "variant": variant.name, "batch": batch, "images_per_sec": ips,
-                                     "ms_per_batch": 1e3 * t.median_s, "runs_s": t.runs_s, "peak_memory_mib": t.peak_mib,
-                                     "tflops": tflops, "percent_of_peak": 100 * tflops / peak})
-                        print(f"  {name:20s} {variant.name:13s} batch {batch:4d}: {ips:9.1f} img/s  "
-                              f"{t.peak_mib:9.0f} MiB  {tflops:7.3f} TFLOP/s", flush=True)
-                except torch.OutOfMemoryError:
-                    print(f"  batch {batch} {variant.name}: out of memory, skipped", flush=True)
-                finally:
-                    setup = fn = None
-                    gc.collect()
-                    if gpu:
-                        torch.cuda.empty_cache()
+        setups = {}
+        try:
+            for variant in chosen:
+                with kernel_path(variant.fused_kernels):
+                    setups[variant.name] = make_setup(variant, args.arch, num_classes, num_aux, batch, size, device)
+            for name in args.workloads:
+                rows += measure_workload(name, chosen, setups, batch, device, warmup, repeats, fwd_gflops, peak)
+                if args.profile:
+                    profiles += profile_workload(name, chosen, setups, batch, device, out / f"{stem}.profiles")
+        except torch.OutOfMemoryError:
+            print(f"  batch {batch}: out of memory, skipped", flush=True)
+        finally:
+            setups.clear()
+            gc.collect()
+            if gpu:
+                torch.cuda.empty_cache()
     add_ratios(rows)
 
     kernels = []
@@ -143,18 +151,45 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu.to_dict(),
         "variants": {v.name: {"channels_last": v.channels_last, "amp": str(v.amp), "compile": v.compile,
                               "fused_kernels": v.fused_kernels, "path": paths[v.name]} for v in chosen},
-        "results": rows, "kernels": kernels, "loaders": loader_rows,
+        "timing": "interleaved: each repeat runs every variant once, order rotated; median with min-max",
+        "results": rows, "kernels": kernels, "loaders": loader_rows, "profiles": profiles,
         "targets": targets(rows, kernels, gpu, size, cpu.has_native_bf16) + loader_targets(loader_rows, gpu),
     }
     print_table(result)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", str(facts["name"]).lower()).strip("-")
-    stem = unused_stem(out, f"{slug}-{result['date']}", (".json",))  # never replaces an earlier result
     path = out / f"{stem}.json"
     atomic_write_text(path, json.dumps(result, indent=2))
-    print(f"\nwritten: {path}")
+    print(f"\nwritten: {path}" + (f" (traces: {out / (stem + '.profiles')}; open in ui.perfetto.dev)" if profiles else ""))
     return 0
+
+
+def measure_workload(name: str, chosen: list, setups: dict, batch: int, device: torch.device, warmup: int,
+                     repeats: int, fwd_gflops: float, peak: float) -> list[dict]:
+    """One workload, every variant, interleaved (bench.measure.time_interleaved): one row per variant."""
+    calls = {v.name: in_kernel_path(v, workload(name, v, setups[v.name], 1000, device)) for v in chosen}
+    timings = time_interleaved(calls, device, warmup, repeats, lambda n: setup_mib(setups[n]))
+    rows = []
+    for v in chosen:
+        t = timings[v.name]
+        ips = batch / t.median_s
+        tflops = ips * FORWARDS_PER_IMAGE[name] * fwd_gflops / 1e3
+        rows.append({"workload": name, "variant": v.name, "batch": batch, "images_per_sec": ips,
+                     "images_per_sec_min_max": [batch / t.max_s, batch / t.min_s], "ms_per_batch": 1e3 * t.median_s,
+                     "ms_per_batch_min_max": [1e3 * t.min_s, 1e3 * t.max_s], "runs_s": t.runs_s,
+                     "peak_memory_mib": t.peak_mib, "tflops": tflops, "percent_of_peak": 100 * tflops / peak})
+        print(f"  {name:20s} {v.name:13s} batch {batch:4d}: {ips:9.1f} img/s  ({batch / t.max_s:.1f}-{batch / t.min_s:.1f})  "
+              f"{t.peak_mib:9.0f} MiB  {tflops:7.3f} TFLOP/s", flush=True)
+    return rows
+
+
+def profile_workload(name: str, chosen: list, setups: dict, batch: int, device: torch.device, folder: Path) -> list[dict]:
+    """One profiled call per variant (after the timed ones): a trace file each and the top ops by self time."""
+    out = []
+    for v in chosen:
+        trace = folder / f"{name}.{v.name}.b{batch}.trace.json"
+        top = profile_call(in_kernel_path(v, workload(name, v, setups[v.name], 1000, device)), device, trace)
+        out.append({"workload": name, "variant": v.name, "batch": batch, "trace": f"{folder.name}/{trace.name}", **top})
+    print(format_side_by_side({p["variant"]: p for p in out}, top=5), flush=True)
+    return out
 
 
 def cpu_bf16(args: argparse.Namespace, cpu) -> bool:
@@ -169,6 +204,9 @@ def add_ratios(rows: list[dict]) -> None:
         for base in ("research", "eager-amp-cl"):
             ref = index.get((r["workload"], r["batch"], base))
             r[f"x_{base}"] = r["images_per_sec"] / ref["images_per_sec"] if ref else None
+            # The spread: the ratio within each interleaved repeat (same repeat = same machine spell).
+            paired = [b / a for a, b in zip(r.get("runs_s", []), ref.get("runs_s", [])) if a > 0] if ref else []
+            r[f"x_{base}_min_max"] = [min(paired), max(paired)] if paired else None
 
 
 def targets(rows: list[dict], kernels: list[dict], gpu: bool, size: int, native_bf16: bool) -> list[dict]:

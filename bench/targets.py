@@ -14,6 +14,7 @@ from __future__ import annotations
 # Issue 13 ("Speed that holds on the first GPU it meets"): every target number lives here.
 FAST_VARIANT = "fastadv"  # the fast path; "research" and "eager-amp-cl" are the baselines
 CPU_MIN_X_RESEARCH = 1.0  # CPU: the fast path >= 1.0x the research loop, every workload
+CPU_MIN_X_EAGER = 1.0  # CPU (issue 29): >= 1.0x eager-amp-cl (same precision and layout, no fastadv), every workload
 CPU_BF16_MIN_X_RESEARCH = 2.0  # CPU with native bf16: these workloads >= 2x the fp32 research loop
 CPU_BF16_WORKLOADS = ("pgd10_attack", "adv_plus_train_step")
 GPU_IMAGE_SIZE = 224  # GPU targets: ResNet-50 at 224 px, bf16, batch 256, on an H100/H200
@@ -32,10 +33,14 @@ NOT_AT_SIZE = f"not measured at {GPU_IMAGE_SIZE} px, batch {GPU_BATCH}"
 SYNC_ERROR = "synchronizing cuda operation"  # torch's sync-debug 'error' message, lower case
 
 
-def entry(target: str, value: float | None, met: bool | None, why: str = NOT_MEASURED) -> dict:
-    """One target: met True / False, or None with `why` it was not judged."""
+def entry(target: str, value: float | None, met: bool | None, why: str = NOT_MEASURED, spread=None) -> dict:
+    """One target: met True / False, or None with `why` it was not judged; `spread`: [min, max] of
+    the value over the interleaved repeats, where measured."""
     status = why if met is None else (MET if met else NOT_MET)
-    return {"target": target, "value": value, "met": met, "status": status}
+    out = {"target": target, "value": value, "met": met, "status": status}
+    if spread:
+        out["min_max"] = list(spread)
+    return out
 
 
 def _number(v) -> float | None:
@@ -52,14 +57,20 @@ def _find(rows: list[dict], workload: str, batch: int | None = None, prefer: int
 
 
 def cpu_targets(rows: list[dict], native_bf16: bool) -> list[dict]:
-    """CPU, side by side in one run: fast path >= 1.0x research on every workload; with native
-    bf16 also PGD-10 attack and Adv+ training step >= 2x the fp32 research loop."""
+    """CPU, side by side in one run: fast path >= 1.0x research and >= 1.0x eager-amp-cl on every
+    workload, judged on the median of interleaved repeats; with native bf16 also PGD-10 attack and
+    Adv+ training step >= 2x the fp32 research loop."""
     out = []
-    for r in rows:
-        if r.get("variant") == FAST_VARIANT:
-            v = _number(r.get("x_research"))
-            out.append(entry(f"CPU: {r['workload']} (batch {r['batch']}) >= {CPU_MIN_X_RESEARCH:.1f}x research loop", v,
-                             None if v is None else v >= CPU_MIN_X_RESEARCH))
+    for base, label, floor in (("research", "research loop", CPU_MIN_X_RESEARCH),
+                               ("eager-amp-cl", "eager-amp-cl", CPU_MIN_X_EAGER)):
+        for r in rows:
+            if r.get("variant") == FAST_VARIANT:
+                v, spread = _number(r.get(f"x_{base}")), r.get(f"x_{base}_min_max")
+                t = entry(f"CPU: {r['workload']} (batch {r['batch']}) >= {floor:.1f}x {label} (median)", v,
+                          None if v is None else v >= floor, spread=spread)
+                if t["met"] is False and spread and spread[1] >= floor:  # still NOT met, but say it is within noise
+                    t["status"] = f"{NOT_MET} (1.0 inside the repeats' spread)"
+                out.append(t)
     if native_bf16:
         for name in CPU_BF16_WORKLOADS:
             r = _find(rows, name, prefer=None)
@@ -169,4 +180,5 @@ def line(t: dict) -> str:
     'target (not measured ...) ...'."""
     label = {True: "MET    ", False: "NOT MET"}.get(t.get("met"), f"({verdict(t)})")
     v = t.get("value")
-    return f"target {label} {t['target']}: {'—' if v is None else f'{v:.2f}'}"
+    spread = f" (repeats {t['min_max'][0]:.2f}-{t['min_max'][1]:.2f})" if t.get("min_max") else ""
+    return f"target {label} {t['target']}: {'—' if v is None else f'{v:.2f}'}{spread}"

@@ -154,6 +154,22 @@ def make_setup(variant: Variant, arch: str, num_classes: int, num_aux: int, batc
     return Setup(model, run_model, x, y, optimizer)
 
 
+def setup_mib(s: Setup) -> float:
+    """Memory a setup holds between calls: parameters, buffers, optimizer state, the batch."""
+    tensors = {id(t): t for t in [*s.model.parameters(), *s.model.buffers(), s.x, s.y]}
+    for state in s.optimizer.state.values():
+        tensors.update({id(t): t for t in state.values() if isinstance(t, torch.Tensor)})
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
+
+def in_kernel_path(variant: Variant, fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` run under the variant's kernel path (interleaved timing switches path every call)."""
+    def call() -> object:
+        with kernel_path(variant.fused_kernels):
+            return fn()
+    return call
+
+
 def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: torch.device) -> Callable[[], object]:
     """A zero-argument callable running one batch of `name` for `variant`."""
     num_aux = s.model.num_aux

@@ -18,6 +18,21 @@ changing it, e.g. in a test or a benchmark that switches paths):
                   Triton interpreter; lets CI exercise the fused path without a GPU);
   "0" / "off"     always the reference (e.g. to benchmark against it on a GPU).
 Inputs the kernels do not cover (fp64, other dtypes) always take the reference.
+
+Which path where (issue 29: the fast path never slower than the plain path it wraps). Decided by
+measurement; this table is the one place that records it (docs/guides/gpu-check.md, "fast path"):
+
+  device / caller                 PGD update, LA cross-entropy
+  CUDA, Triton imports            fused Triton custom operator (one pass; >= 80% of copy bandwidth
+                                  is a `make bench` target, bench/kernels_bench.py)
+  CPU (and CUDA with "off"), eager  the plain torch reference, called directly: the custom-operator
+                                  round trip (0-d scalar tensors, op dispatch, layout check) cost
+                                  360 vs 207 us per PGD update (8x3x64x64) and 392 vs 88 us per CE
+                                  forward + backward (8 x 1001) on the 2-core Xeon, 1 thread,
+                                  with nothing to gain: the reference is what the operator runs
+  CPU / "off", under torch.compile  the custom operator with the reference inside: opaque, so the
+                                  compiled numbers are eager's and floats do not specialize graphs
+  CPU under TRITON_INTERPRET=1 + "interpret"  Triton in the interpreter (a correctness tool only)
 """
 
 from __future__ import annotations
@@ -29,7 +44,9 @@ import torch
 
 from fastadv.kernels import ops as _ops
 from fastadv.kernels.reference import (
+    label_augmented_ce_reference,
     label_augmented_target,
+    pgd_update_reference,
     random_start_reference,
 )
 
@@ -105,6 +122,8 @@ def pgd_update(x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, alpha, 
         and grad.dtype in _FAST_DTYPES
         and x_adv.dim() > 0
     )
+    if not fused and not torch.compiler.is_compiling():
+        return pgd_update_reference(x_adv, x, grad, alpha, eps)  # eager plain path: no operator round trip
     return _ops.pgd_update_op(x_adv, x, grad, _ops.scalar_arg(alpha), _ops.scalar_arg(eps), fused)
 
 
@@ -125,6 +144,8 @@ def label_augmented_ce(
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"unknown reduction {reduction!r}")
     fused = use_triton(logits) and logits.dtype in _FAST_DTYPES and logits.dim() == 2
+    if not fused and not torch.compiler.is_compiling():
+        return label_augmented_ce_reference(logits, target, num_classes, op_index, delta, reduction)  # see the table
     ops = None if op_index is None else _ops.scalar_arg(op_index, torch.int64)
     loss, _, _ = _ops.la_ce_forward(logits, target, ops, _ops.scalar_arg(delta), num_classes, reduction, fused)
     return loss

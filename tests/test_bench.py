@@ -157,9 +157,12 @@ def test_cpu_targets_every_workload_and_bf16():
             {"workload": "std_train_step", "variant": "fastadv", "batch": 8, "images_per_sec": 10.0, "x_research": 0.9},
             {"workload": "pgd10_attack", "variant": "research", "batch": 8, "images_per_sec": 4.0, "x_research": 1.0}]
     out = targets.cpu_targets(rows, native_bf16=False)
-    assert [(t["target"], t["met"]) for t in out] == [("CPU: pgd10_attack (batch 8) >= 1.0x research loop", True),
-                                                       ("CPU: std_train_step (batch 8) >= 1.0x research loop", False)]
-    bf16 = {t["target"]: t for t in targets.cpu_targets(rows, native_bf16=True)[2:]}
+    assert [(t["target"], t["met"]) for t in out] == [
+        ("CPU: pgd10_attack (batch 8) >= 1.0x research loop (median)", True),
+        ("CPU: std_train_step (batch 8) >= 1.0x research loop (median)", False),
+        ("CPU: pgd10_attack (batch 8) >= 1.0x eager-amp-cl (median)", None),  # not measured in these rows
+        ("CPU: std_train_step (batch 8) >= 1.0x eager-amp-cl (median)", None)]
+    bf16 = {t["target"]: t for t in targets.cpu_targets(rows, native_bf16=True)[4:]}
     assert bf16["CPU with native bf16: pgd10_attack >= 2x the fp32 research loop"]["met"] is True
     assert bf16["CPU with native bf16: adv_plus_train_step >= 2x the fp32 research loop"]["met"] is None  # not run
     assert targets.line(out[1]).startswith("target NOT MET CPU: std_train_step") and "0.90" in targets.line(out[1])
@@ -175,3 +178,47 @@ def test_results_never_replace_an_earlier_file(tmp_path):
     assert unused_stem(tmp_path, "cpu-2026-12-03", (".json",)) == "cpu-2026-12-03-2"
     assert unused_stem(tmp_path, "cpu-2026-12-03", (".json", ".md")) == "cpu-2026-12-03-3"
     assert (tmp_path / "cpu-2026-12-03.json").read_text() == "first"
+
+
+def test_bench_profile_writes_traces_and_top_ops(tmp_path):
+    """--profile: a Chrome trace per workload and variant that json.load reads and that holds the
+    workload's ops; the JSON carries each variant's top ops; timings are interleaved, median + min-max."""
+    args = ["--device", "cpu", "--arch", "resnet18", "--size", "16", "--batch", "2", "--repeats", "2", "--warmup", "1",
+            "--skip-loaders", "--skip-kernels", "--workloads", "clean_eval", "--profile", "--out", str(tmp_path)]
+    assert run.main(args) == 0
+    (path,) = tmp_path.glob("*.json")
+    result = json.loads(path.read_text())
+    assert {(p["workload"], p["variant"]) for p in result["profiles"]} == {
+        ("clean_eval", v) for v in ("research", "eager-amp-cl", "fastadv")}
+    for p in result["profiles"]:
+        trace = json.loads((tmp_path / p["trace"]).read_text())
+        names = {e.get("name") for e in trace["traceEvents"]}
+        assert "aten::conv2d" in names and "aten::addmm" in names  # the model's convolutions and its head
+        assert p["ops"] and p["ops"][0]["self_ms"] > 0 and 0 < p["ops"][0]["share"] <= 1
+        assert any(op["name"].startswith("aten::") and "conv" in op["name"] for op in p["ops"])
+    for r in result["results"]:
+        assert len(r["runs_s"]) == 2 and r["ms_per_batch_min_max"][0] <= r["ms_per_batch"] <= r["ms_per_batch_min_max"][1]
+    fast = next(r for r in result["results"] if r["variant"] == "fastadv")
+    lo, hi = fast["x_eager-amp-cl_min_max"]
+    assert lo <= hi
+    assert any(t["target"].startswith("CPU: clean_eval (batch 2) >= 1.0x eager-amp-cl") for t in result["targets"])
+
+
+def test_interleaved_timing_alternates_variants():
+    from bench.measure import time_interleaved
+
+    order = []
+    calls = {n: (lambda n=n: order.append(n)) for n in ("a", "b", "c")}
+    timings = time_interleaved(calls, torch.device("cpu"), warmup=1, repeats=3)
+    assert order[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # after one warm-up each: rotated per repeat
+    assert all(len(t.runs_s) == 3 and t.min_s <= t.median_s <= t.max_s for t in timings.values())
+
+
+def test_cpu_targets_judge_eager_amp_cl_too():
+    rows = [{"workload": "std_train_step", "variant": "fastadv", "batch": 8, "images_per_sec": 10.0, "x_research": 1.5,
+             "x_research_min_max": [1.4, 1.6], "x_eager-amp-cl": 0.99, "x_eager-amp-cl_min_max": [0.97, 1.02]}]
+    got = {t["target"]: t for t in targets.cpu_targets(rows, native_bf16=False)}
+    research = got["CPU: std_train_step (batch 8) >= 1.0x research loop (median)"]
+    eager = got["CPU: std_train_step (batch 8) >= 1.0x eager-amp-cl (median)"]
+    assert research["met"] is True and research["min_max"] == [1.4, 1.6]
+    assert eager["met"] is False and "spread" in eager["status"] and "0.97-1.02" in targets.line(eager)
