@@ -119,22 +119,25 @@ class AutoAttackRun:
             aa.square.n_queries = self.square_queries
         return aa
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> AutoAttackResult:
         """Each attack of the version, in order, on the images still correct under the scoring rule
         (argmax over K). Head "all": an image whose clean argmax over K+M is an extra logit passes
         pyautoattack's own clean test never, so pyautoattack would not attack it; it is attacked on
         the K head instead (`attacked_on` = "k"), so that every image the scoring rule calls correct
-        is attacked by every attack of the version."""
+        is attacked by every attack of the version. batch_size: pyautoattack's bs (None = all of x in
+        one chunk). x may stay on the CPU (the whole evaluated set): pyautoattack moves each chunk of
+        bs to the model's device, and the scoring-rule checks here run chunk by chunk too."""
         model = attack_view(model)
         x, y = x.detach().float(), y.detach()
+        bs = max(1, batch_size or x.shape[0])
+        device = next(model.parameters(), x).device
         k_view = HeadView(model, self.num_classes)
         with attack_mode(model), quiet():
-            aa = self.build(model, x.device)
-            fallback = self.build(model, x.device, head="k") if self.head == "all" else aa
+            aa = self.build(model, device)
+            fallback = self.build(model, device, head="k") if self.head == "all" else aa
             order = list(aa.attacks_to_run)
-            with torch.no_grad():
-                robust = k_view(x).argmax(1).eq(y)  # the scoring rule
-                own = HeadView(model, None if self.head == "all" else self.num_classes)(x).argmax(1).eq(y)
+            robust = _correct(k_view, x, y, bs, device)  # the scoring rule
+            own = _correct(HeadView(model, None if self.head == "all" else self.num_classes), x, y, bs, device)
             broken = [CLEAN_MISS if not r else "" for r in robust.tolist()]
             on = ["" if not r else (ATTACKED_ON[self.head] if o else "k") for r, o in zip(robust.tolist(), own.tolist())]
             x_adv = x.clone()
@@ -144,10 +147,9 @@ class AutoAttackRun:
                     if idx.numel() == 0:
                         continue
                     runner.attacks_to_run = [name]
-                    xa, _ = runner.run_standard_evaluation(x[idx], y[idx], batch_size=max(1, x.shape[0]))
-                    with torch.no_grad():
-                        hit = k_view(xa).argmax(1).ne(y[idx])
-                    x_adv[idx[hit]] = xa[hit].to(x_adv.dtype)
+                    xa, _ = runner.run_standard_evaluation(x[idx], y[idx], batch_size=bs)
+                    hit = ~_correct(k_view, xa, y[idx], bs, device)
+                    x_adv[idx[hit]] = xa[hit].to(x_adv.device, x_adv.dtype)
                     robust[idx[hit]] = False
                     for i in idx[hit].tolist():
                         broken[i] = name
@@ -155,8 +157,18 @@ class AutoAttackRun:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         """(x_adv, {"robust": [0/1], "broken_by": [...]}) — the extra predictions-CSV columns."""
-        result = self.run(model, x, y)
+        return self.columns(self.run(model, x, y))
+
+    def columns(self, result: AutoAttackResult):
+        """(x_adv, {"robust": [0/1], "broken_by": [...]}) of a result (evaluate's per-batch columns)."""
         extra = {"robust": [int(r) for r in result.robust], "broken_by": result.broken_by}
         if self.head == "all":
             extra["attacked_on"] = result.attacked_on
         return result.x_adv, extra
+
+
+def _correct(view: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int, device) -> torch.Tensor:
+    """argmax(view(x)) == y, computed in chunks of bs on `device`; a bool tensor on x's device."""
+    with torch.no_grad():
+        parts = [view(x[i:i + bs].to(device)).argmax(1).eq(y[i:i + bs].to(device)) for i in range(0, x.shape[0], bs)]
+    return torch.cat(parts).to(x.device) if parts else torch.zeros(0, dtype=torch.bool, device=x.device)
