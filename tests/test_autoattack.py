@@ -84,6 +84,10 @@ def test_bad_input_is_one_clear_error():
         AutoAttackRun(eps=0.03, num_classes=4, version="custom", attacks=("apgd-ce", "pgd"))
     with pytest.raises(FastadvError, match="autoattack_version"):
         AutoAttackRun(eps=0.03, num_classes=4, version="fast")
+    cfg = Config()
+    cfg.eval.autoattack_grouping = "batches"
+    with pytest.raises(FastadvError, match=r"eval.autoattack_grouping='batches' is not one of: whole, batch"):
+        validate(cfg)
 
 
 class _Data:

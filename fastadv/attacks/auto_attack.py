@@ -1,20 +1,25 @@
-"""AutoAttack (Croce & Hein 2020) through the official package `pyautoattack` (0.2.0), per eval batch.
+"""AutoAttack (Croce & Hein 2020) through the official package `pyautoattack` (0.2.0).
 
 `AutoAttackRun(...)(model, x, y)` returns the adversarial images and, per image, the robust flag
 and the attack that broke it ("clean-error" = misclassified before any attack, "" = robust). It
 calls `AutoAttack.run_standard_evaluation` once per attack of the version, in the version's order,
-on the images still correct under the scoring rule (argmax over K; fastadv.eval.scoring_rule).
+on the images still correct under the scoring rule (argmax over K; fastadv.eval.scoring_rule), with
+pyautoattack's bs = `run(..., batch_size=)` (all of x by default). evaluate runs it once over the
+whole evaluated set (eval.autoattack_grouping=whole, fastadv.eval.whole_set) or once per eval batch
+(=batch).
 
 What is tested (tests/test_autoattack.py, tests/test_autoattack_batches.py), head "k":
 - on one batch, flags and adversarial images equal one direct `run_standard_evaluation` call on
-  that batch with the same eps, seed and version;
-- over 4 eval batches, and over an eval interrupted (KeyboardInterrupt) and resumed per batch
-  (fastadv.eval_resume), the flags equal one direct call on all evaluated images with
-  bs = eval.batch_size (Square, 16 px demo model).
-Not promised: the adversarial images across batches. The direct call regroups the still-robust
-images of all batches into chunks of bs, and each attack draws its random start per chunk, so an
-image whose outcome hinges on its random start can differ (a 16 px toy model at eps 0.12 with
-APGD-CE + Square: 24 vs 26 of 48 robust; at 0.14 and 0.16 equal).
+  that batch with the same eps, seed and version; `run(..., batch_size=8)` on 32 images (4 chunks)
+  gives the flags and images of one direct call with bs 8 (APGD-CE + Square, toy linear model);
+- grouping=whole: over 4 eval batches, and after an eval interrupted (KeyboardInterrupt) during the
+  attack or the scoring and run again, the flags equal one direct call on all evaluated images with
+  bs = eval.batch_size (Square, 16 px demo model; one process);
+- grouping=batch: the same over 4 eval batches and over an eval resumed per batch
+  (fastadv.eval.resume). Not promised there: the direct call regroups the still-robust images of all
+  batches into chunks of bs, and each attack draws its random start per chunk, so an image whose
+  outcome hinges on its random start can differ (a 16 px toy model at eps 0.12 with APGD-CE +
+  Square: 24 vs 26 of 48 robust; at 0.14 and 0.16 equal).
 
 head "k" attacks the K-class head (`HeadView`, logits[:, :K]); head "all" attacks all K+M logits.
 pyautoattack's own success test is then argmax over K+M, which is not the scoring rule: an image
