@@ -267,7 +267,8 @@ def test_k_head_check_fails_when_only_the_k_head_gradient_is_masked():
 
 
 def test_resumed_autoattack_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
-    """Kill the AutoAttack setting after its first batch; the rerun reads that batch back and the CSVs match."""
+    """Kill the AutoAttack setting after its first batch; the rerun reads that batch back and the CSVs match
+    (eval.autoattack_grouping=batch: the whole-set grouping has no per-batch resume, test_autoattack_batches.py)."""
     import fastadv.eval.evaluate as evaluate_module
     from fastadv.config import load_config
     from fastadv.train import train
@@ -277,7 +278,7 @@ def test_resumed_autoattack_run_equals_an_uninterrupted_one(tmp_path, monkeypatc
                                    "model.arch=resnet18", "train.max_steps=1", "train.progress=false"])
     train(cfg)
     ask = ["eval.autoattack=true", "eval.autoattack_at_eval_eps=false", "eval.autoattack_version=custom",
-           'eval.autoattack_attacks="apgd-ce"', "eval.steps=2", "eval.eps=8/255", "eval.autoattack_eps=8/255"]
+           'eval.autoattack_attacks="apgd-ce"', "eval.steps=2", "eval.eps=8/255", "eval.autoattack_eps=8/255", "eval.autoattack_grouping=batch"]
     straight = evaluate_module.evaluate(tmp_path / "run", tmp_path / "straight", ask, progress=False)
 
     original, calls = evaluate_module._predict_batch, {"n": 0}
