@@ -84,6 +84,10 @@ def test_bad_input_is_one_clear_error():
         AutoAttackRun(eps=0.03, num_classes=4, version="custom", attacks=("apgd-ce", "pgd"))
     with pytest.raises(FastadvError, match="autoattack_version"):
         AutoAttackRun(eps=0.03, num_classes=4, version="fast")
+    cfg = Config()
+    cfg.eval.autoattack_grouping = "batches"
+    with pytest.raises(FastadvError, match=r"eval.autoattack_grouping='batches' is not one of: whole, batch"):
+        validate(cfg)
 
 
 class _Data:
@@ -263,7 +267,8 @@ def test_k_head_check_fails_when_only_the_k_head_gradient_is_masked():
 
 
 def test_resumed_autoattack_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
-    """Kill the AutoAttack setting after its first batch; the rerun reads that batch back and the CSVs match."""
+    """Kill the AutoAttack setting after its first batch; the rerun reads that batch back and the CSVs match
+    (eval.autoattack_grouping=batch: the whole-set grouping has no per-batch resume, test_autoattack_batches.py)."""
     import fastadv.eval.evaluate as evaluate_module
     from fastadv.config import load_config
     from fastadv.train import train
@@ -273,7 +278,7 @@ def test_resumed_autoattack_run_equals_an_uninterrupted_one(tmp_path, monkeypatc
                                    "model.arch=resnet18", "train.max_steps=1", "train.progress=false"])
     train(cfg)
     ask = ["eval.autoattack=true", "eval.autoattack_at_eval_eps=false", "eval.autoattack_version=custom",
-           'eval.autoattack_attacks="apgd-ce"', "eval.steps=2", "eval.eps=8/255", "eval.autoattack_eps=8/255"]
+           'eval.autoattack_attacks="apgd-ce"', "eval.steps=2", "eval.eps=8/255", "eval.autoattack_eps=8/255", "eval.autoattack_grouping=batch"]
     straight = evaluate_module.evaluate(tmp_path / "run", tmp_path / "straight", ask, progress=False)
 
     original, calls = evaluate_module._predict_batch, {"n": 0}

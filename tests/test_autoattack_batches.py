@@ -63,9 +63,10 @@ def _flags(out) -> list[int]:
     return [int(v) for v in read_predictions(out / "predictions" / "autoattack.csv").extra["robust"]]
 
 
-def test_flags_over_four_batches_equal_one_direct_call(run_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("grouping", ["whole", "batch"])
+def test_flags_over_four_batches_equal_one_direct_call(run_dir, tmp_path, monkeypatch, grouping):
     seen = _seen(monkeypatch)
-    out = evaluate_module.evaluate(run_dir, tmp_path / "eval", ASK, progress=False)
+    out = evaluate_module.evaluate(run_dir, tmp_path / "eval", ASK + [f"eval.autoattack_grouping={grouping}"], progress=False)
     assert len(seen["x"]) == 4  # 28 images, eval.batch_size 8
     ours = _flags(out)
     direct = _direct_flags(seen["model"], torch.cat(seen["x"]), torch.cat(seen["y"]))
@@ -73,15 +74,37 @@ def test_flags_over_four_batches_equal_one_direct_call(run_dir, tmp_path, monkey
     assert ours == direct
 
 
-def test_interrupted_and_resumed_eval_equals_one_direct_call(run_dir, tmp_path, monkeypatch):
+def test_batch_grouping_interrupted_and_resumed_per_batch_equals_one_direct_call(run_dir, tmp_path, monkeypatch):
+    ask = ASK + ["eval.autoattack_grouping=batch"]
     with monkeypatch.context() as m:
         _seen(m, die_at=3)
         with pytest.raises(KeyboardInterrupt):
-            evaluate_module.evaluate(run_dir, tmp_path / "eval", ASK, progress=False)
+            evaluate_module.evaluate(run_dir, tmp_path / "eval", ask, progress=False)
     assert list((tmp_path / "eval" / "partial").glob("autoattack.*.jsonl"))
     seen = _seen(monkeypatch)
-    out = evaluate_module.evaluate(run_dir, tmp_path / "eval", ASK, progress=False)
+    out = evaluate_module.evaluate(run_dir, tmp_path / "eval", ask, progress=False)
     assert len(seen["x"]) == 2  # batches 1 and 2 were read back
+    x, y = evaluate_module_images(run_dir)
+    assert _flags(out) == _direct_flags(seen["model"], x, y)
+
+
+@pytest.mark.parametrize("phase", ["attack", "scoring"])
+def test_whole_grouping_interrupted_and_rerun_equals_one_direct_call(run_dir, tmp_path, monkeypatch, phase):
+    """Killed during the one AutoAttack run, or while its results are scored per batch: the rerun
+    attacks the whole set again (no per-batch partials are written or read) and equals the direct call."""
+    with monkeypatch.context() as m:
+        if phase == "attack":
+            def die(*args, **kwargs):
+                raise KeyboardInterrupt
+            m.setattr(AutoAttackRun, "run", die)
+        else:
+            _seen(m, die_at=3)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_module.evaluate(run_dir, tmp_path / "eval", ASK, progress=False)
+    assert not list((tmp_path / "eval" / "partial").glob("autoattack.*.jsonl"))
+    seen = _seen(monkeypatch)
+    out = evaluate_module.evaluate(run_dir, tmp_path / "eval", ASK, progress=False)
+    assert len(seen["x"]) == 4
     x, y = evaluate_module_images(run_dir)
     assert _flags(out) == _direct_flags(seen["model"], x, y)
 
@@ -134,3 +157,25 @@ def test_eval_refuses_to_write_eval_json_over_a_violated_invariant(run_dir, tmp_
     with pytest.raises(FastadvError, match=r"autoattack\.csv: image .*both robust and broken"):
         evaluate_module.evaluate(run_dir, tmp_path / "eval", ASK, progress=False)
     assert (out / "eval.json").read_bytes() == before
+
+
+def test_run_with_batch_size_equals_one_direct_call_images_included():
+    """AutoAttackRun.run(..., batch_size=bs) over 4 chunks: flags and adversarial images equal one
+    direct run_standard_evaluation with the same bs (what eval.autoattack_grouping=whole relies on)."""
+    from pyautoattack import AutoAttack
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).eval()
+    x = torch.rand(32, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every image clean-correct
+    run = AutoAttackRun(eps=0.015, num_classes=10, version="custom", attacks=("apgd-ce", "square"), seed=5,
+                        square_queries=30)
+    ours = run.run(model, x, y, batch_size=8)
+    aa = AutoAttack(HeadView(model, 10), norm="Linf", eps=0.015, version="custom", attacks=["apgd-ce", "square"],
+                    seed=5, device="cpu")
+    aa.square.n_queries = 30
+    x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=8)
+    assert 0 < sum(ours.robust) < 32
+    assert ours.robust == y_adv.eq(y).tolist()
+    assert torch.equal(ours.x_adv, x_adv)

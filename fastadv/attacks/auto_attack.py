@@ -1,20 +1,25 @@
-"""AutoAttack (Croce & Hein 2020) through the official package `pyautoattack` (0.2.0), per eval batch.
+"""AutoAttack (Croce & Hein 2020) through the official package `pyautoattack` (0.2.0).
 
 `AutoAttackRun(...)(model, x, y)` returns the adversarial images and, per image, the robust flag
 and the attack that broke it ("clean-error" = misclassified before any attack, "" = robust). It
 calls `AutoAttack.run_standard_evaluation` once per attack of the version, in the version's order,
-on the images still correct under the scoring rule (argmax over K; fastadv.eval.scoring_rule).
+on the images still correct under the scoring rule (argmax over K; fastadv.eval.scoring_rule), with
+pyautoattack's bs = `run(..., batch_size=)` (all of x by default). evaluate runs it once over the
+whole evaluated set (eval.autoattack_grouping=whole, fastadv.eval.whole_set) or once per eval batch
+(=batch).
 
 What is tested (tests/test_autoattack.py, tests/test_autoattack_batches.py), head "k":
 - on one batch, flags and adversarial images equal one direct `run_standard_evaluation` call on
-  that batch with the same eps, seed and version;
-- over 4 eval batches, and over an eval interrupted (KeyboardInterrupt) and resumed per batch
-  (fastadv.eval_resume), the flags equal one direct call on all evaluated images with
-  bs = eval.batch_size (Square, 16 px demo model).
-Not promised: the adversarial images across batches. The direct call regroups the still-robust
-images of all batches into chunks of bs, and each attack draws its random start per chunk, so an
-image whose outcome hinges on its random start can differ (a 16 px toy model at eps 0.12 with
-APGD-CE + Square: 24 vs 26 of 48 robust; at 0.14 and 0.16 equal).
+  that batch with the same eps, seed and version; `run(..., batch_size=8)` on 32 images (4 chunks)
+  gives the flags and images of one direct call with bs 8 (APGD-CE + Square, toy linear model);
+- grouping=whole: over 4 eval batches, and after an eval interrupted (KeyboardInterrupt) during the
+  attack or the scoring and run again, the flags equal one direct call on all evaluated images with
+  bs = eval.batch_size (Square, 16 px demo model; one process);
+- grouping=batch: the same over 4 eval batches and over an eval resumed per batch
+  (fastadv.eval.resume). Not promised there: the direct call regroups the still-robust images of all
+  batches into chunks of bs, and each attack draws its random start per chunk, so an image whose
+  outcome hinges on its random start can differ (a 16 px toy model at eps 0.12 with APGD-CE +
+  Square: 24 vs 26 of 48 robust; at 0.14 and 0.16 equal).
 
 head "k" attacks the K-class head (`HeadView`, logits[:, :K]); head "all" attacks all K+M logits.
 pyautoattack's own success test is then argmax over K+M, which is not the scoring rule: an image
@@ -119,22 +124,25 @@ class AutoAttackRun:
             aa.square.n_queries = self.square_queries
         return aa
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> AutoAttackResult:
         """Each attack of the version, in order, on the images still correct under the scoring rule
         (argmax over K). Head "all": an image whose clean argmax over K+M is an extra logit passes
         pyautoattack's own clean test never, so pyautoattack would not attack it; it is attacked on
         the K head instead (`attacked_on` = "k"), so that every image the scoring rule calls correct
-        is attacked by every attack of the version."""
+        is attacked by every attack of the version. batch_size: pyautoattack's bs (None = all of x in
+        one chunk). x may stay on the CPU (the whole evaluated set): pyautoattack moves each chunk of
+        bs to the model's device, and the scoring-rule checks here run chunk by chunk too."""
         model = attack_view(model)
         x, y = x.detach().float(), y.detach()
+        bs = max(1, batch_size or x.shape[0])
+        device = next(model.parameters(), x).device
         k_view = HeadView(model, self.num_classes)
         with attack_mode(model), quiet():
-            aa = self.build(model, x.device)
-            fallback = self.build(model, x.device, head="k") if self.head == "all" else aa
+            aa = self.build(model, device)
+            fallback = self.build(model, device, head="k") if self.head == "all" else aa
             order = list(aa.attacks_to_run)
-            with torch.no_grad():
-                robust = k_view(x).argmax(1).eq(y)  # the scoring rule
-                own = HeadView(model, None if self.head == "all" else self.num_classes)(x).argmax(1).eq(y)
+            robust = _correct(k_view, x, y, bs, device)  # the scoring rule
+            own = _correct(HeadView(model, None if self.head == "all" else self.num_classes), x, y, bs, device)
             broken = [CLEAN_MISS if not r else "" for r in robust.tolist()]
             on = ["" if not r else (ATTACKED_ON[self.head] if o else "k") for r, o in zip(robust.tolist(), own.tolist())]
             x_adv = x.clone()
@@ -144,10 +152,9 @@ class AutoAttackRun:
                     if idx.numel() == 0:
                         continue
                     runner.attacks_to_run = [name]
-                    xa, _ = runner.run_standard_evaluation(x[idx], y[idx], batch_size=max(1, x.shape[0]))
-                    with torch.no_grad():
-                        hit = k_view(xa).argmax(1).ne(y[idx])
-                    x_adv[idx[hit]] = xa[hit].to(x_adv.dtype)
+                    xa, _ = runner.run_standard_evaluation(x[idx], y[idx], batch_size=bs)
+                    hit = ~_correct(k_view, xa, y[idx], bs, device)
+                    x_adv[idx[hit]] = xa[hit].to(x_adv.device, x_adv.dtype)
                     robust[idx[hit]] = False
                     for i in idx[hit].tolist():
                         broken[i] = name
@@ -155,8 +162,18 @@ class AutoAttackRun:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         """(x_adv, {"robust": [0/1], "broken_by": [...]}) — the extra predictions-CSV columns."""
-        result = self.run(model, x, y)
+        return self.columns(self.run(model, x, y))
+
+    def columns(self, result: AutoAttackResult):
+        """(x_adv, {"robust": [0/1], "broken_by": [...]}) of a result (evaluate's per-batch columns)."""
         extra = {"robust": [int(r) for r in result.robust], "broken_by": result.broken_by}
         if self.head == "all":
             extra["attacked_on"] = result.attacked_on
         return result.x_adv, extra
+
+
+def _correct(view: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int, device) -> torch.Tensor:
+    """argmax(view(x)) == y, computed in chunks of bs on `device`; a bool tensor on x's device."""
+    with torch.no_grad():
+        parts = [view(x[i:i + bs].to(device)).argmax(1).eq(y[i:i + bs].to(device)) for i in range(0, x.shape[0], bs)]
+    return torch.cat(parts).to(x.device) if parts else torch.zeros(0, dtype=torch.bool, device=x.device)

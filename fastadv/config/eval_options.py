@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastadv.errors import FastadvError
 
 ATTACK_CONVENTIONS = ("standard", "paper-code")
+AUTOATTACK_GROUPINGS = ("whole", "batch")  # eval.autoattack_grouping (fastadv.eval.whole_set)
 
 
 @dataclass
@@ -20,6 +21,9 @@ class RobustnessOptions:
     autoattack_version: str = "standard"  # standard | plus | rand | custom (autoattack_attacks, in order)
     autoattack_attacks: str = ""  # e.g. "apgd-ce,square"; with a package version: run only these of it
     square_queries: int = 0  # 0 = the version's Square budget (5000)
+    # whole = one AutoAttack run over this rank's evaluated images, as the official call (fastadv.eval.whole_set);
+    # batch = one per eval batch (resumes per batch; borderline images can differ from the official call)
+    autoattack_grouping: str = "whole"
     masking_checks: bool = False  # `eval --suite masking` (fastadv.analysis.masking)
     masking_eps: str = "0.25,0.5,1,2,4,16"  # multiples of eps (capped at 1); the largest must reach ~0%
     masking_tolerance: float = 0.01  # robust-accuracy slack of the checks

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from fastadv.attacks import HEADS
 from fastadv.attacks.autoattack_names import check_autoattack_names
-from fastadv.config.eval_options import ATTACK_CONVENTIONS, parse_eps_multiples
+from fastadv.config.eval_options import ATTACK_CONVENTIONS, AUTOATTACK_GROUPINGS, parse_eps_multiples
 from fastadv.errors import FastadvError
 from fastadv.methods.registry import method_spec
 
@@ -182,6 +182,9 @@ def validate_robustness_options(e: EvalConfig) -> None:
     check_eps("eval.autoattack_eps", e.autoattack_eps)  # 4 instead of 4/255 -> "Did you mean 4/255"
     if e.attack_convention not in ATTACK_CONVENTIONS:
         raise FastadvError(f"eval.attack_convention={e.attack_convention!r} is not one of: {', '.join(ATTACK_CONVENTIONS)}")
+    if e.autoattack_grouping not in AUTOATTACK_GROUPINGS:
+        raise FastadvError(f"eval.autoattack_grouping={e.autoattack_grouping!r} is not one of: {', '.join(AUTOATTACK_GROUPINGS)} "
+                           "(whole = as the official AutoAttack call, batch = one run per eval batch)")
     if e.square_queries < 0 or not 0 <= e.masking_tolerance < 1 or not 0 <= e.masking_zero < 1:
         raise FastadvError("eval.square_queries must be >= 0, eval.masking_tolerance and eval.masking_zero in [0, 1)")
     parse_eps_multiples(e.masking_eps)

@@ -28,6 +28,7 @@ from fastadv.data.eval_subset import select_subset
 from fastadv.data.imagenet_c import ImageNetCDataset, check_imagenet_c_root
 from fastadv.errors import FastadvError
 from fastadv.eval.scoring_rule import reconcile, scored
+from fastadv.eval.whole_set import attack_whole_set, runs_whole
 from fastadv.eval.resume import ResumeFile, done_marker, resume_file  # noqa: F401 (ResumeFile: a type hint)
 from fastadv.runtime.fileio import atomic_write_text
 from fastadv.eval.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
@@ -122,6 +123,8 @@ def request_of(cfg) -> dict[str, Any]:
             # always: an eval.json without it ran under train.amp (bf16 for a bf16 run), so it is redone
             "amp": e.amp,
             # only when on: requests recorded before the option existed stay equal to the default's
+            # with AutoAttack runs (its suite, or masking's APGD-CE/Square): before the option, they ran per batch
+            **({"autoattack_grouping": e.autoattack_grouping} if e.autoattack or e.masking_checks else {}),
             **({"early_stop": True, "early_stop_compact": e.early_stop_compact} if e.early_stop else {})}
 
 
@@ -139,9 +142,12 @@ def _run_setting(model, dataset, data_cfg, setting: Setting, cfg, device, amp, b
     shard = distributed.BatchShard(dataset, batch_size, cfg.eval.seed)
     loader = build_loader(data_cfg, "val", batch_size=batch_size, shuffle=False, dataset=shard.dataset, device=device)
     start = time.perf_counter()
-    partial = resume_file(out, setting, cfg, info["checkpoint"], info["request"]) if setting.resumable else None
-    rows = shard.gather(_predict(model, zip(shard.batch_ids, shard.batches(loader)), setting, cfg, device, amp,
-                                 progress, len(shard.dataset), partial))
+    batches = zip(shard.batch_ids, shard.batches(loader))
+    if runs_whole(setting, cfg):  # one AutoAttack over the shard, as the official call; no per-batch partials
+        setting, batches, partial = *attack_whole_set(model, batches, setting, cfg, device, amp, batch_size), None
+    else:
+        partial = resume_file(out, setting, cfg, info["checkpoint"], info["request"]) if setting.resumable else None
+    rows = shard.gather(_predict(model, batches, setting, cfg, device, amp, progress, len(shard.dataset), partial))
     seconds = time.perf_counter() - start
     names = [dataset.file_names[i] for i in rows["index"]]
     if distributed.is_main():
