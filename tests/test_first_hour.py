@@ -38,7 +38,8 @@ def bare_shell_env() -> dict[str, str]:
 
 
 def runs_in_a_bare_shell(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run a printed command (plus --help, so it only parses) in a shell without the venv on PATH."""
+    """Run a printed command (plus --help, so it only parses) in a shell without the venv on PATH, from the
+    folder it was printed in (`cwd`: a hint may name `.venv/bin/fastadv` relative to it)."""
     return subprocess.run(cmd + " --help", shell=True, cwd=cwd, env=bare_shell_env(), capture_output=True,
                           text=True, timeout=120)
 
@@ -66,7 +67,7 @@ def test_hints_run_without_the_venv_on_path(unfinished, tmp_path, monkeypatch, c
     refusal = printed_command(capsys.readouterr().err, "continue it with `").split("`")[0]
     for cmd in (ctrl_c, refusal):
         assert "train --resume --out" in cmd
-        done = runs_in_a_bare_shell(cmd, tmp_path)
+        done = runs_in_a_bare_shell(cmd, Path.cwd())  # the user's shell is where the hint was printed
         assert done.returncode == 0, (cmd, done.stderr)
 
 

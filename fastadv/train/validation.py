@@ -23,7 +23,7 @@ from fastadv.data.eval_subset import select_subset
 from fastadv.data.subset import IndexSubset
 from fastadv.errors import FastadvError
 from fastadv.eval.evaluate import _predict
-from fastadv.eval.suites import clean_setting, pgd_settings
+from fastadv.eval.suites import CLEAN, clean_setting, pgd_settings
 from fastadv.runtime import distributed
 from fastadv.runtime.device import to_device
 
@@ -119,7 +119,7 @@ class Validator:
                 shard = distributed.BatchShard(self.dataset, self.batch_size, self.cfg.eval.seed)
                 loader = build_loader(self.cfg.data, "val", batch_size=self.batch_size, shuffle=False,
                                       dataset=shard.dataset, device=self.device)
-                for setting, name in zip(self.settings, ("clean", "robust")):
+                for setting, name in zip(self.settings, (CLEAN, "robust")):
                     rows = shard.gather(_predict(model, zip(shard.batch_ids, shard.batches(loader)), setting,
                                                  self.vcfg, self.device, self.amp, False, len(shard.dataset)))
                     s = class_stats(rows["pred"], rows["true"], self.cfg.model.num_classes)
@@ -145,4 +145,4 @@ class Validator:
         x = to_device(batch.images[:GRID_IMAGES], self.device, self.cfg.train.channels_last).float()
         y = batch.labels[:GRID_IMAGES].to(self.device)
         x_adv = self.settings[1].attack(model, x, y).detach().float()
-        self.grid = {"clean": x.cpu(), "adversarial": x_adv.cpu(), "perturbation": (x_adv - x).cpu()}
+        self.grid = {CLEAN: x.cpu(), "adversarial": x_adv.cpu(), "perturbation": (x_adv - x).cpu()}
