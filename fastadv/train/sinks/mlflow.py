@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from mlflow.tracking import MlflowClient
 
 from fastadv.train.sinks import Sink, flat_config, scalars
@@ -10,6 +12,9 @@ from fastadv.train.sinks import Sink, flat_config, scalars
 class MlflowSink(Sink):
     def __init__(self, out_dir, cfg) -> None:
         super().__init__(out_dir, cfg)
+        # MLflow 3 keeps the file store (no server, no database: what a run folder wants) in maintenance mode
+        # and refuses it unless opted in; a user's own setting of the variable wins.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=(self.out_dir / "mlruns").absolute().as_uri())
         self.run_id = None
 
