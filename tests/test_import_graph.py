@@ -16,42 +16,18 @@ Each strongly connected component of the graph is one circle; the test names one
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from test_architecture import _imported_modules, _module_name  # one import reader for both rules
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("fastadv", "bench")
 
 
-def _module_name(path: Path, root: Path) -> str:
-    parts = list(path.relative_to(root).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def _imports(path: Path, known: set[str], root: Path) -> set[str]:
-    """The modules among `known` that the file imports, at any depth."""
-    module = _module_name(path, root)
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{anchor}.{base}" if base else anchor
-            for alias in node.names:
-                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
-    return {name for name in found if name in known and name != module}
-
-
 def import_graph(root: Path = ROOT, folders: tuple[str, ...] = FOLDERS) -> dict[str, set[str]]:
     paths = [p for folder in folders if (root / folder).is_dir() for p in sorted((root / folder).rglob("*.py"))]
     known = {_module_name(p, root) for p in paths}
-    return {_module_name(p, root): _imports(p, known, root) for p in paths}
+    return {_module_name(p, root): _imported_modules(p, known, root) for p in paths}
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
