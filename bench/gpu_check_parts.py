@@ -156,11 +156,11 @@ def sync_debug_error(device: torch.device):
 
 
 def build_adv_plus(device: torch.device, arch: str, size: int, steps: int):
-    """(cfg, model, compiled model, method, optimizer, scaler, amp) for the shipped Adv+ recipe."""
+    """(cfg, model, compiled model, method, optimizer, scaler, precision policy) for the shipped Adv+ recipe."""
     from fastadv.config import load_config
     from fastadv.methods import build_method
     from fastadv.models import build_model
-    from fastadv.runtime.device import amp_dtype
+    from fastadv.runtime import precision
 
     cfg = load_config("imagenet-adv-plus", ["model.pretrained=false", f"model.arch={arch}", f"data.image_size={size}",
                                             f"attack.steps={steps}", f"eval.steps={max(steps, 1) * 4}"])
@@ -170,8 +170,8 @@ def build_adv_plus(device: torch.device, arch: str, size: int, steps: int):
     compiled = maybe_compile(model, "auto", "default", device)  # the whole-step path on CUDA (model-only on torch < trace_autograd_ops)
     method = build_method(cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    return cfg, model, compiled, method, optimizer, scaler, amp_dtype("auto", device)
+    policy = precision.resolve(cfg.train.precision, device)
+    return cfg, model, compiled, method, optimizer, precision.scaler(policy, device), policy
 
 
 def train_and_eval_checks(device: torch.device, arch: str, size: int, batches: list[int], steps: int) -> list[dict]:
@@ -182,8 +182,10 @@ def train_and_eval_checks(device: torch.device, arch: str, size: int, batches: l
     from fastadv.train import train_step
     from fastadv.train.step import FiniteGuard
 
+    from fastadv.runtime.precision import attack_dtype
+
     rows: list[dict] = []
-    cfg, model, compiled, method, optimizer, scaler, amp = build_adv_plus(device, arch, size, steps)
+    cfg, model, compiled, method, optimizer, scaler, policy = build_adv_plus(device, arch, size, steps)
     eval_attack = PGD(eps=cfg.eval.eps, steps=cfg.eval.steps, alpha=eval_step_size(cfg.eval), num_classes=cfg.model.num_classes,
                       head="k")
     for batch in batches:
@@ -192,9 +194,9 @@ def train_and_eval_checks(device: torch.device, arch: str, size: int, batches: l
 
         def step():
             guard = FiniteGuard()  # the Trainer's NaN check: on the device, read after the step
-            train_step(method, compiled, optimizer, scaler, x, y, device, amp, guard=guard)  # warm-up / compile
+            train_step(method, compiled, optimizer, scaler, x, y, device, policy, guard=guard)  # warm-up / compile
             with sync_debug_error(device):
-                loss, _ = train_step(method, compiled, optimizer, scaler, x, y, device, amp, guard=guard)
+                loss, _ = train_step(method, compiled, optimizer, scaler, x, y, device, policy, guard=guard)
             guard.check()
             if not torch.isfinite(loss):
                 raise AssertionError(f"non-finite loss {loss.item()}")
@@ -205,7 +207,7 @@ def train_and_eval_checks(device: torch.device, arch: str, size: int, batches: l
 
         def evaluate():
             model.eval()
-            with autocast(device, amp):
+            with autocast(device, attack_dtype(policy)):
                 eval_attack(compiled, x, y)
                 with sync_debug_error(device):
                     x_adv = eval_attack(compiled, x, y)
@@ -229,17 +231,17 @@ def profile_step(device: torch.device, arch: str, size: int, batch: int, steps: 
     from fastadv.train import train_step
 
     counters.clear()
-    _, _, compiled, method, optimizer, scaler, amp = build_adv_plus(device, arch, size, steps)
+    _, _, compiled, method, optimizer, scaler, policy = build_adv_plus(device, arch, size, steps)
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=device)
     for _ in range(2):
-        train_step(method, compiled, optimizer, scaler, x, y, device, amp)
+        train_step(method, compiled, optimizer, scaler, x, y, device, policy)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
         torch.cuda.synchronize()
     with torch.profiler.profile(activities=activities) as prof:
-        train_step(method, compiled, optimizer, scaler, x, y, device, amp)
+        train_step(method, compiled, optimizer, scaler, x, y, device, policy)
         if device.type == "cuda":
             torch.cuda.synchronize()
     key = "device_time_total" if device.type == "cuda" else "cpu_time_total"

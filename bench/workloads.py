@@ -32,6 +32,7 @@ from fastadv.methods.adversarial import AdversarialTraining
 from fastadv.methods.fast import FreeAdversarialTraining
 from fastadv.methods.standard import StandardTraining
 from fastadv.models import build_model
+from fastadv.runtime import precision
 from fastadv.runtime.device import autocast
 from fastadv.train import train_step
 from fastadv.train.step import FiniteGuard
@@ -85,12 +86,14 @@ def describe_path(variant: Variant, device: torch.device) -> dict[str, object]:
 
 @contextmanager
 def kernel_path(fused: bool) -> Iterator[None]:
-    """Select Triton (auto: on CUDA tensors) or the plain-torch kernels for the duration."""
+    """The fast-path dispatch on (Triton where it applies, cast-once weights where they pay) or off
+    (the plain-torch kernels, autocast's own per-forward casts) for the duration."""
     old = os.environ.get("FASTADV_TRITON")
     os.environ["FASTADV_TRITON"] = "auto" if fused else "off"
     reload_triton_mode()
     try:
-        yield
+        with precision.cast_once(fused):
+            yield
     finally:
         if old is None:
             os.environ.pop("FASTADV_TRITON", None)
@@ -188,6 +191,9 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
                                                                    steps=1, alpha=1.25 * EPS),
             "free_plus_train_step": lambda: research_free_replay(s, soft, free_noise),
         }[name]
+    # Both variants run the Trainer's precision policy for their dtype; eager-amp-cl with the fast-path
+    # dispatch off (plain-torch kernels, autocast re-casting weights every forward: `in_kernel_path`).
+    policy = precision.POLICIES["bf16" if variant.amp == torch.bfloat16 else "fp32"]
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     guard = FiniteGuard()  # the Trainer's NaN check: on the device, no sync per step
     adv_plus = AdversarialTraining(train_attack, num_classes, delta=DELTA if num_aux else 0.0)
@@ -198,34 +204,41 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
                                         delta=DELTA if num_aux else 0.0)
 
     def attack() -> torch.Tensor:
-        with autocast(device, variant.amp):
+        with precision.training(policy, device):  # as inside a training step
             return train_attack(s.run_model, s.x, s.y)
+
+    eval_model: dict[str, torch.nn.Module] = {}
+
+    def eval_forward() -> torch.nn.Module:
+        """The model `fastadv eval` calls in a pass over many batches (evaluate._predict: one cast-once
+        view where the dispatch uses it, else the model itself)."""
+        return eval_model.setdefault("model", precision.fixed_weights(s.run_model))
 
     def evaluate() -> torch.Tensor:
         s.model.eval()
         with autocast(device, variant.amp):
-            x_adv = eval_attack(s.run_model, s.x, s.y)
+            model = eval_forward()
+            x_adv = eval_attack(model, s.x, s.y)
             with torch.no_grad():
-                return s.run_model(x_adv).argmax(dim=1)
+                return model(x_adv).argmax(dim=1)
 
     def clean() -> torch.Tensor:
         s.model.eval()
         with autocast(device, variant.amp), torch.no_grad():
-            return s.run_model(s.x).argmax(dim=1)
+            return eval_forward()(s.x).argmax(dim=1)
+
+    def step(method):
+        return train_step(method, s.run_model, s.optimizer, scaler, s.x, s.y, device, policy, guard=guard)
 
     return {
         "pgd10_attack": attack,
         "clean_eval": clean,
-        "adv_plus_train_step": lambda: train_step(adv_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device,
-                                                  variant.amp, guard=guard),
+        "adv_plus_train_step": lambda: step(adv_plus),
         "pgd40_eval": evaluate,
-        "std_train_step": lambda: train_step(std, s.run_model, s.optimizer, scaler, s.x, s.y, device, variant.amp,
-                                             guard=guard),
-        "fgsm_rs_plus_train_step": lambda: train_step(fgsm_rs_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device,
-                                                      variant.amp, guard=guard),
+        "std_train_step": lambda: step(std),
+        "fgsm_rs_plus_train_step": lambda: step(fgsm_rs_plus),
         # one replay = one optimizer step; Free AT runs epochs / m, so its schedule's img/s is this rate
-        "free_plus_train_step": lambda: train_step(free_plus, s.run_model, s.optimizer, scaler, s.x, s.y, device,
-                                                   variant.amp, guard=guard),
+        "free_plus_train_step": lambda: step(free_plus),
     }[name]
 
 

@@ -13,7 +13,7 @@ from fastadv.errors import FastadvError
 from fastadv.runtime.hardware import detect_cpu
 
 TINY = ["data.image_size=16", "data.limit_train=32", "data.batch_size=16", "model.arch=resnet18",
-        "train.max_steps=1", "train.progress=false", "train.amp=bf16", "train.device=cpu"]
+        "train.max_steps=1", "train.progress=false", "train.precision=bf16", "train.device=cpu"]
 EVAL = ["data.limit_val=16", "eval.steps=1"]
 AUTOATTACK = ["eval.autoattack=true", "eval.autoattack_at_eval_eps=false", "eval.autoattack_version=custom",
               'eval.autoattack_attacks="apgd-ce"']

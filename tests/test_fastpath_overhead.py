@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import fastadv.kernels as kernels
 from fastadv.kernels import ops
@@ -44,3 +45,81 @@ def test_plain_ce_gradient_equals_the_operators_backward(reduction):
     torch.testing.assert_close(plain, op, rtol=0, atol=0)
     torch.testing.assert_close(torch.autograd.grad(plain.sum(), z1)[0], torch.autograd.grad(op.sum(), z2)[0],
                                rtol=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- cast-once weights (issue 29)
+def _bn_model() -> nn.Module:
+    """Conv, BatchNorm, a grouped conv and a K+M linear head: the layer kinds autocast treats differently."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 11))
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (3, 3, 8, 8)])
+def test_cast_once_view_is_bit_identical_to_autocast(mode, shape):
+    """The view casts exactly what autocast casts: logits and input gradients equal bit for bit."""
+    from fastadv.runtime import precision
+
+    model = _bn_model().train(mode == "train")
+    for p in model.parameters():
+        p.requires_grad_(False)  # as inside an attack (attack_mode)
+    x = torch.rand(shape)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        view = precision.fixed_weights(model)
+        assert isinstance(view, precision.FixedWeightView)
+        outs = []
+        for m in (model, view):
+            xi = x.clone().requires_grad_(True)
+            out = m(xi)
+            outs.append((out, torch.autograd.grad(out.float().sum(), xi)[0]))
+    assert outs[0][0].dtype == torch.bfloat16
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_cast_once_view_recasts_after_an_in_place_update_and_keeps_fp32_parts():
+    from fastadv.runtime import precision
+
+    model = _bn_model().eval()
+    x = torch.rand(2, 3, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        view = precision.fixed_weights(model)
+        before = view(x)
+        model[-1].weight.add_(1.0)  # an optimizer step would do this: the copy must not go stale
+        assert torch.equal(view(x), model(x)) and not torch.equal(view(x), before)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights themselves stay fp32
+    assert model[1].running_mean.dtype == torch.float32
+    assert view.inner is model
+
+
+def test_cast_once_view_only_where_the_dispatch_uses_it():
+    """No autocast, the switch off, or a compiled model: the model itself (plain autocast semantics)."""
+    from fastadv.runtime import precision
+    from fastadv.runtime.compiled import CompiledModel
+
+    model = _bn_model()
+    assert precision.fixed_weights(model) is model  # fp32: nothing to cast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with precision.cast_once(False):
+            assert precision.fixed_weights(model) is model
+        compiled = CompiledModel(model)
+        assert precision.fixed_weights(compiled) is compiled
+        view = precision.fixed_weights(model)
+        assert precision.fixed_weights(view) is view
+
+
+@pytest.mark.parametrize("policy", ["bf16", "bf16-attack"])
+def test_pgd_with_cast_once_equals_pgd_with_autocast_recasts(policy):
+    """The whole attack, fast path vs the plain path (cast-once off): the same adversarial examples."""
+    from fastadv.attacks import PGD
+    from fastadv.runtime import precision
+
+    model = _bn_model()
+    x, y = torch.rand(3, 3, 9, 9), torch.tensor([0, 4, 9])
+    attack = PGD(eps=8 / 255, steps=3, alpha=2 / 255, num_classes=10, head="all")
+    runs = []
+    for fast in (True, False):
+        torch.manual_seed(1)
+        with precision.cast_once(fast), precision.training(precision.POLICIES[policy], torch.device("cpu")):
+            runs.append(attack(model, x, y))
+    assert runs[0].dtype == torch.float32 and torch.equal(runs[0], runs[1])

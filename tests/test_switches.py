@@ -82,8 +82,8 @@ def test_bf16_autocast_stays_close_to_fp32(tmp_path, kernels):
     every kernel path; the loss after one update 0.5 % to 6.8 % apart, by kernel path alone
     (avx512_bf16 vs AVX2, ATEN_CPU_CAPABILITY, OMP_NUM_THREADS), against the old 5 % tolerance.
     """
-    ref = losses_on(kernels, tmp_path, "ref", "train.amp=off")
-    got = losses_on(kernels, tmp_path, "bf16", "train.amp=bf16")
+    ref = losses_on(kernels, tmp_path, "ref", "train.precision=fp32")
+    got = losses_on(kernels, tmp_path, "bf16", "train.precision=bf16")
     assert len(got) == len(ref) == 2
     assert got[0] == pytest.approx(ref[0], rel=0.02)
     assert all(math.isfinite(v) for v in got)
@@ -150,7 +150,7 @@ def test_fp16_autocast_with_grad_scaler_trains(tmp_path):
     (The scaler starts at 2**16 and skips the updates whose gradients overflow while it calibrates,
     so later losses are not comparable step for step.)"""
     small = ["data.limit_train=16", "data.batch_size=8", "attack.steps=1"]  # fp16 convolutions are slow on CPUs
-    ref = losses(tmp_path, "ref", "train.amp=off", *small)
-    got = losses(tmp_path, "fp16", "train.amp=fp16", *small)
+    ref = losses(tmp_path, "ref", "train.precision=fp32", *small)
+    got = losses(tmp_path, "fp16", "train.precision=fp16-scaled", *small)
     assert got[0] == pytest.approx(ref[0], rel=0.01)
     assert all(math.isfinite(v) for v in got)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fastadv import kernels
-from fastadv.runtime import compiled
+from fastadv.runtime import compiled, precision
 from fastadv.attacks import HEADS
 from fastadv.attacks.loss import Eps, attack_loss  # noqa: F401 (re-exported)
 from fastadv.config import ATTACK_MODEL_MODES, AttackConfig, check_eps
@@ -78,12 +78,17 @@ def check_eps_values(eps: torch.Tensor) -> None:
 def linf_attack(model: nn.Module, x: torch.Tensor, start: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor],
                 *, alpha: Eps, eps: Eps, steps: int) -> torch.Tensor:
     """`steps` signed-gradient ascent steps on loss_fn(model(x_adv)) from `start`, each projected to
-    the eps-ball around x and to [0, 1] by the fused update. The caller holds `attack_mode`."""
+    the eps-ball around x and to [0, 1] by the fused update. The caller holds `attack_mode` and
+    `precision.attack_region`; the forwards use `precision.fixed_weights` (weights cast once)."""
+    model = precision.fixed_weights(model)
+    lowp = precision.iterate_dtype()  # None: the iterate stays fp32 (every policy but the ablation)
     x_adv = start
     for _ in range(steps):
         x_adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(loss_fn(model(x_adv)), x_adv)
         x_adv = kernels.pgd_update(x_adv.detach(), x, grad, alpha, eps)
+        if lowp is not None:
+            x_adv = x_adv.to(lowp).to(x_adv.dtype)
     return x_adv.detach()
 
 
@@ -97,16 +102,16 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, al
     """
     x = x.detach()
     model = attack_view(model)
-    with attack_mode(model, model_mode):
+    with attack_mode(model, model_mode), precision.attack_region(x.device):
         # The random start is drawn eagerly on every path: the same RNG stream, the same start, whether the
         # loop then runs eagerly or as one compiled graph (inductor's RNG would draw other numbers).
         start = kernels.random_start(x, eps) if random_start else x.clone()
         if early_stop:
             from fastadv.attacks.early_stop import early_stop_pgd
 
-            return early_stop_pgd(model, x, y, start, alpha=alpha, eps=eps, steps=steps, num_classes=num_classes,
+            return early_stop_pgd(precision.fixed_weights(model), x, y, start, alpha=alpha, eps=eps, steps=steps, num_classes=num_classes,
                                   head=head, temperature=temperature, compact=compact)
-        if compiled.whole_step(model):
+        if compiled.whole_step(model) and precision.iterate_dtype() is None:
             return compiled.call(pgd_ce_attack, model, x, y, start, compiled.per_sample(alpha, x),
                                  compiled.per_sample(eps, x), steps, num_classes, head, float(temperature))
         return linf_attack(model, x, start, lambda logits: attack_loss(logits, y, num_classes, head, temperature),
@@ -223,11 +228,11 @@ def trades_kl_attack(model: nn.Module, x: torch.Tensor, *, eps: Eps, alpha: Eps,
     x = x.detach()
     model = attack_view(model)
     width = num_classes if head == "k" else None
-    with attack_mode(model, model_mode):
+    with attack_mode(model, model_mode), precision.attack_region(x.device):
         with torch.no_grad():
             p_clean = torch.softmax(model(x)[:, :width].float(), dim=1)
         start = x + init_std * torch.randn(x.shape, dtype=x.dtype, device=x.device)
-        if compiled.whole_step(model):
+        if compiled.whole_step(model) and precision.iterate_dtype() is None:
             return compiled.call(kl_attack_loop, model, x, start, p_clean, compiled.per_sample(alpha, x),
                                  compiled.per_sample(eps, x), steps, width)
 

@@ -144,7 +144,10 @@ class TrainConfig:
     out_dir: str = "runs/run"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    # The precision policy (fastadv.runtime.precision, docs/guides/precision.md): auto (bf16 on CUDA,
+    # fp32 on the CPU) | fp32 | bf16 | bf16-attack | bf16-update | bf16-lowp-input | fp16-scaled.
+    # Was train.amp (auto | bf16 | fp16 | off); old configs are read with that mapping.
+    precision: str = "auto"
     channels_last: bool = True
     compile: str = "auto"  # auto (on for CUDA, off on the CPU) | true | false
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
@@ -229,6 +232,23 @@ def _section_classes() -> dict[str, type]:
     return {name: hints[name] for name in SECTIONS}
 
 
+# Fields renamed since runs were first written: (section, old) -> (new field, old value -> new value).
+# A run folder's config.toml from before the rename resumes and evaluates with the same meaning.
+RENAMED: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
+    ("train", "amp"): ("precision", {"auto": "auto", "off": "fp32", "bf16": "bf16", "fp16": "fp16-scaled"}),
+}
+
+
+def _renamed_fields(section: str, table: dict[str, Any]) -> dict[str, Any]:
+    """`table` with renamed fields (RENAMED) under their new names and values; the new name wins."""
+    out = dict(table)
+    for (sec, old), (new, values) in RENAMED.items():
+        if sec == section and old in out:
+            value = out.pop(old)
+            out.setdefault(new, values.get(value, value) if isinstance(value, str) else value)
+    return out
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
     """Build a Config from nested dicts (a recipe or a checkpoint's saved config)."""
     classes = _section_classes()
@@ -243,13 +263,14 @@ def from_dict(raw: dict[str, Any]) -> Config:
             raise FastadvError(f"config section [{key}] must be a table, got {value!r}")
         cls = classes[key]
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - known)
+        unknown = sorted(set(_renamed_fields(key, value)) - known)
         if unknown:
             raise FastadvError(
                 f"unknown field(s) {', '.join(key + '.' + u for u in unknown)}"
                 f"{did_you_mean(unknown[0], known) if len(unknown) == 1 else ''}; "
                 f"[{key}] has: {', '.join(sorted(known))}"
             )
+        value = _renamed_fields(key, value)
         hints = typing.get_type_hints(cls)
         kwargs[key] = cls(**{k: _coerce(f"{key}.{k}", v, hints[k]) for k, v in value.items()})
     cfg = Config(**kwargs)
@@ -272,6 +293,9 @@ def apply_override(cfg: Config, item: str) -> None:
         raise FastadvError(f"unknown config section {section!r} in {item!r}{did_you_mean(section, SECTIONS)}; "
                            f"known: {', '.join(SECTIONS)}")
     obj = getattr(cfg, section)
+    if (section, name) in RENAMED:
+        new, values = RENAMED[section, name]
+        key, name, text = f"{section}.{new}", new, values.get(text, text)
     hints = typing.get_type_hints(type(obj))
     if name not in hints:
         raise FastadvError(

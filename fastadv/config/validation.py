@@ -13,13 +13,13 @@ from fastadv.attacks.autoattack_names import check_autoattack_names
 from fastadv.config.eval_options import ATTACK_CONVENTIONS, AUTOATTACK_GROUPINGS, parse_eps_multiples
 from fastadv.errors import FastadvError
 from fastadv.methods.registry import method_spec
+from fastadv.runtime.precision_policies import PRECISION_CHOICES
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastadv.config.schema import CfaConfig, Config, EvalConfig
 
 BACKENDS = ("auto", "dali", "ffcv", "folder", "demo")
 DALI_DEVICES = ("auto", "cpu", "gpu")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 EVAL_AMP_MODES = ("fp32", "bf16")  # eval.amp: its own setting, never train.amp
 COMPILE_CHOICES = ("auto", "true", "false")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -95,7 +95,7 @@ def validate(cfg: Config) -> None:
     m, d, a, me, o, t, e = cfg.model, cfg.data, cfg.attack, cfg.method, cfg.optim, cfg.train, cfg.eval
     spec = method_spec(me.name)
     _choice("data.backend", d.backend, BACKENDS)
-    _choice("train.amp", t.amp, AMP_MODES)
+    _choice("train.precision", t.precision, PRECISION_CHOICES)
     if e.amp not in EVAL_AMP_MODES:
         raise FastadvError(f"eval.amp={e.amp!r} is not one of: {', '.join(EVAL_AMP_MODES)} "
                            "(evaluation precision; fp32 is the default, bf16 is faster)")

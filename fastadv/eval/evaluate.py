@@ -34,6 +34,7 @@ from fastadv.runtime.fileio import atomic_write_text
 from fastadv.eval.imagenet_c_generate import default_cache, generate_imagenet_c, parse_corruptions, parse_severities
 from fastadv.models import build_model, predict_k
 from fastadv.runtime.progress import progress_bar
+from fastadv.runtime import precision
 from fastadv.runtime.device import autocast, eval_amp_dtype, maybe_compile, prepare_model, to_device
 from fastadv.eval.suites import CLEAN, IMAGENET_C, IMAGENET_C_SKIPPED, Setting, imagenet_c_setting, settings_for
 
@@ -80,6 +81,9 @@ def evaluate(run: str | Path, out_dir: str | Path | None = None, overrides: list
         "label_augmented": cfg.model.num_aux > 0, "class_names": list(dataset.classes),
         "data": {"backend": cfg.data.backend, "path": cfg.data.path, "images": len(dataset)},
         "device": str(device), "precision": cfg.eval.amp, "eval_seed": cfg.eval.seed,
+        # the policy the weights were trained in (train.precision resolved on the training device; the
+        # setting itself for checkpoints from before the policy was recorded, None for --weights)
+        "train_precision": None if "weights_source" in ckpt else ckpt.get("precision") or cfg.train.precision,
         "settings": {}, "best": ckpt.get("best"),
     }
     info["request"] = request_of(cfg)
@@ -208,6 +212,8 @@ def _predict(model, batches, setting: Setting, cfg, device, amp, progress: bool,
     """Predict every (batch number, batch); an attack with `returns_extras` also gives per-image CSV columns.
     With `partial`, batches done before a kill are read back instead of attacked again."""
     k = cfg.model.num_classes
+    with autocast(device, amp):
+        model = precision.fixed_weights(model)  # the weights are fixed for the whole pass: cast once (eval.amp=bf16)
     done = partial.load() if partial is not None else {}
     rows: dict[str, Any] = {"index": [], "pred": [], "prob": [], "true": [], "skipped": 0, "extra": {}, "resumed": 0}
     bar = progress_bar(total=images, desc=f"{cfg.name}: {setting.key}", unit="img", disable=not progress,

@@ -18,14 +18,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """auto = bf16 on CUDA, full precision on the CPU (bf16 on a native-bf16 CPU is train.amp=bf16:
-    not the default until its demo accuracy is measured against fp32)."""
-    if mode == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
-
-
 def eval_amp_dtype(mode: str) -> torch.dtype | None:
     """eval.amp: fp32 (None: no autocast) on every device, or bf16 on request. Never train.amp, so runs
     trained in different precisions are evaluated, and compared, in the same one."""

@@ -29,7 +29,8 @@ from fastadv.models import build_model, predict_k
 from fastadv.train.optim import WeightEma, build_optimizer
 from fastadv.runtime.progress import progress_bar
 from fastadv.runtime.runfolder import check_dataset, dataset_fingerprint, save_config
-from fastadv.runtime.device import amp_dtype, autocast, eval_amp_dtype, maybe_compile, prepare_model, to_device
+from fastadv.runtime import precision
+from fastadv.runtime.device import autocast, eval_amp_dtype, maybe_compile, prepare_model, to_device
 from fastadv.train.overfit import build_guard
 from fastadv.train.runlog import log_names
 from fastadv.train.sinks import build_sinks, check_loggers
@@ -48,7 +49,7 @@ class Trainer:
         self.best_criterion = best_criterion(cfg)  # None: no best.pt
         self.dist, self.device = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)
         world = self.dist.world_size
-        self.amp = amp_dtype(cfg.train.amp, self.device)
+        self.precision = precision.resolve(cfg.train.precision, self.device)  # train.precision: what runs in which dtype
         # Attacks differ across ranks but repeat run to run; DDP copies rank 0's initial weights.
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, self.dist.rank))
         self.train_set = build_dataset(cfg.data, "train")
@@ -75,10 +76,11 @@ class Trainer:
         self.attack_model = maybe_compile(self.model, cfg.train.compile, cfg.train.compile_mode, self.device)
         o = cfg.optim
         self.optimizer = build_optimizer(self.model, o)  # sgd (the paper's) | adamw
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.scaler = precision.scaler(self.precision, self.device)
         self.global_batch = cfg.data.batch_size * world  # data.batch_size is per rank
         self.state = TrainState(cfg, self.model, self.optimizer, self.scaler, build_method(cfg), self.dist,
-                                self.device, self.global_batch, ema=WeightEma(o.ema_decay) if o.ema_decay else None)
+                                self.device, self.global_batch, ema=WeightEma(o.ema_decay) if o.ema_decay else None,
+                                precision=self.precision.name)
         self.base_lr = o.lr * distributed.lr_factor(cfg.train.lr_scaling, world)
         self.steps_per_epoch = len(self.train_set) // self.global_batch
         if self.steps_per_epoch < 1:
@@ -147,7 +149,7 @@ class Trainer:
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(
                 f"{exc}, and the last good checkpoint {self.checkpoint_path} is intact. "
-                f"Try a lower optim.lr, or train.amp=off if this happened under fp16"
+                f"Try a lower optim.lr, or train.precision=fp32 if this happened under fp16"
             ) from None
 
     def _auto_resume(self) -> Path | None:
@@ -175,6 +177,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.out_dir, to_toml(cfg))
         self.log.start(cfg.to_dict())
+        self.log.write({"event": "precision", "requested": cfg.train.precision, "policy": self.precision.name,
+                        "summary": self.precision.summary})
         if self.validator is not None:
             self.log.write({"event": "validation_plan", "split": self.validator.describe(),
                             "every": cfg.train.validate_every or "epoch", "best": self.best_criterion})
@@ -233,7 +237,7 @@ class Trainer:
         """The method's epoch-end hook (e.g. CFA's calibration and FAWA); a non-empty record is logged."""
         holdout = self._holdout_batches if self.holdout_set is not None else None
         ctx = EpochContext(epoch=self.progress.epoch, model=self.model, run_model=self.attack_model,
-                           device=self.device, amp=self.amp, holdout=holdout, all_reduce=distributed.all_reduce_sum)
+                           device=self.device, amp=precision.attack_dtype(self.precision), holdout=holdout, all_reduce=distributed.all_reduce_sum)
         record = self.method.on_epoch_end(ctx)
         self.model.train()
         if record:
@@ -291,7 +295,7 @@ class Trainer:
             group["lr"] = lr
         for _ in range(self.replays):  # 1 unless the method replays each minibatch (Free AT)
             loss, stats = train_step(self.method, self.run_model, self.optimizer, self.scaler, x, y, self.device,
-                                     self.amp, clip_grad_norm=cfg.optim.clip_grad_norm, guard=self.finite_guard)
+                                     self.precision, clip_grad_norm=cfg.optim.clip_grad_norm, guard=self.finite_guard)
         if self.dist.active and not cfg.train.sync_batchnorm:
             distributed.broadcast_buffers(self.model)  # every rank continues with rank 0's BatchNorm statistics
         if self.state.ema is not None:
@@ -317,7 +321,7 @@ class Trainer:
         p = self.progress
         self._check_finite()
         self.model.eval()
-        with torch.no_grad(), autocast(self.device, self.amp):
+        with torch.no_grad(), autocast(self.device, precision.update_dtype(self.precision)):
             clean_acc = (predict_k(self.attack_model(x), self.cfg.model.num_classes) == y).float().mean()
         self.model.train()
         scalars = {"loss": loss, "clean_acc": clean_acc, **{k: v for k, v in stats.items() if v.dim() == 0}}

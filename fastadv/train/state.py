@@ -65,6 +65,7 @@ class TrainState:
     progress: Progress = field(default_factory=Progress)
     ema: Any = None  # a fastadv.train.optim.WeightEma (optim.ema_decay > 0): evaluated instead of the raw weights
     best: dict[str, Any] | None = None  # best.pt so far: {"criterion", "value", "step", "epoch"} (resume keeps it)
+    precision: str = ""  # the train.precision policy this run trains in, resolved for its device (eval.json shows it)
 
     def eval_weights(self) -> dict[str, Any] | None:
         """What `fastadv eval` loads instead of the training weights (EMA / the method's average), or None."""
@@ -94,6 +95,7 @@ class TrainState:
             "rng": rngs[0],
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "best": self.best,
+            "precision": self.precision,
             **extra,
         })
 

@@ -10,7 +10,8 @@ import torch
 
 from fastadv.errors import NonFiniteLossError
 from fastadv.train.optim import clip_gradients
-from fastadv.runtime.device import autocast
+from fastadv.runtime import precision
+from fastadv.runtime.precision import PrecisionPolicy
 
 
 class FiniteGuard:
@@ -49,16 +50,17 @@ class FiniteGuard:
 
 
 def train_step(method, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: torch.dtype | None,
+               x: torch.Tensor, y: torch.Tensor, device: torch.device, policy: PrecisionPolicy,
                where: str = "", clip_grad_norm: float = 0.0,
                guard: FiniteGuard | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step of `method` (attack included).
+    """One optimizer step of `method` (attack included), in the precision `policy` gives each part
+    (`fastadv.runtime.precision`: the update's autocast here, the attack's inside the attack loop).
 
     guard: the non-finite check without a sync (the Trainer's); None: the loss is checked here,
     a host sync, before the update (for callers that check nothing else; `where` words the step).
     """
     model.train()
-    with autocast(device, amp):
+    with precision.training(policy, device):
         loss, stats = method(model, x, y)
     if guard is not None:
         guard.record(loss)
