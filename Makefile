@@ -138,6 +138,19 @@ eval: install  ## evaluate every trained run (CKPTS): clean, PGD-40, ImageNet-C,
 	$(BIN)/fastadv eval $(CKPTS) --skip-existing $(EVAL_OPTS) $(EVAL_ARGS)
 	$(BIN)/fastadv metrics --predictions $(CKPTS) --out $(RUNS)/report
 
+# The precision table (issue 27): demo-adv-plus trained in each train.precision policy for each of SEEDS,
+# evaluated in fp32 (PGD-40 on every test image) and by pyautoattack's APGD-CE on a per-class subset.
+PRECISION_POLICIES ?= fp32 bf16 bf16-attack bf16-update bf16-lowp-input fp16-scaled
+PRECISION_AA_ARGS ?= --suite autoattack --set eval.subset=per-class:5 --set eval.autoattack_eps=0.03 --set eval.autoattack_at_eval_eps=false --set eval.autoattack_version=custom --set 'eval.autoattack_attacks="apgd-ce"'
+precision-table: install  ## train + evaluate demo-adv-plus in every precision policy x SEEDS; table in RUNS/precision/table.json
+	@set -e; for s in $(SEEDS); do for p in $(PRECISION_POLICIES); do \
+	  run=$(RUNS)/precision/$$p-s$$s; resume=; test -f $$run/checkpoint.pt && resume=--continue; \
+	  $(BIN)/fastadv train --recipe demo-adv-plus --out $$run name=demo-adv-plus-$$p-s$$s train.seed=$$s train.precision=$$p train.progress=false $$resume $(ARGS); \
+	  $(BIN)/fastadv eval $$run --skip-existing --no-progress --set eval.seed=$$s; \
+	  $(BIN)/fastadv eval $$run --out $$run/eval-aa --skip-existing --no-progress --set eval.seed=$$s $(PRECISION_AA_ARGS); \
+	done; done
+	$(BIN)/python -m bench.precision_table $(RUNS)/precision --out $(RUNS)/precision/table.json
+
 clean-runs:  ## delete the runs folder
 	rm -rf $(RUNS)
 

@@ -11,6 +11,8 @@ Parts (each timed out and caught on its own; a failure is printed and recorded, 
   c  speed     images/s, peak memory, achieved TFLOP/s: fast path vs research loop vs
                eager AMP channels_last, side by side (bench.workloads / bench.measure);
                each fused kernel's GB/s as a share of the measured copy bandwidth
+  e  precision a few Adv+ steps in train.precision=auto's policy vs fp32 from one initial state:
+               losses and PGD's prediction-flip rate within stated tolerances (issue 27)
   d  profile   top kernels by GPU time of one compiled training step; graph breaks and
                recompiles from torch._dynamo.utils.counters
 From (b)-(d) every issue-13 target (bench/targets.py) is listed as met / NOT met / not measured.
@@ -48,7 +50,7 @@ from fastadv.runtime.hardware import detect_cpu
 RESULTS = Path(__file__).resolve().parent / "results"
 SKIPPED_NO_CUDA = "skipped: no CUDA device"
 # Seconds each part may take on one H100/H200 (the whole run stays inside --budget-s).
-PART_TIMEOUTS = {"kernels": 90, "step": 140, "speed": 160, "profile": 90}
+PART_TIMEOUTS = {"kernels": 90, "step": 140, "precision": 60, "speed": 160, "profile": 90}
 
 
 @contextmanager
@@ -82,8 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def sizes(gpu: bool, smoke: bool) -> dict:
     if smoke:
-        return {"arch": "resnet18", "size": 16, "batches": [2], "steps": 2, "workloads": ["std_train_step", "pgd10_attack"]}
-    return {"arch": "resnet50", "size": 224, "batches": [128, 256], "steps": 10,
+        return {"arch": "resnet18", "size": 16, "batches": [2], "steps": 2, "workloads": ["std_train_step", "pgd10_attack"],
+                "precision_leg": (64, 16)}  # (size, batch): BatchNorm over 2 tiny images is too noisy to compare
+    return {"arch": "resnet50", "size": 224, "batches": [128, 256], "steps": 10, "precision_leg": (224, 128),
             "workloads": ["adv_plus_train_step", "pgd10_attack", "pgd40_eval", "std_train_step"]}
 
 
@@ -189,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "step":
             run_part(name, lambda: parts.train_and_eval_checks(device, s["arch"], s["size"], s["batches"], s["steps"]),
                      budget_end, result)
+        elif name == "precision":
+            run_part(name, lambda: parts.precision_check(device, s["arch"], *s["precision_leg"], s["steps"]),
+                     budget_end, result)
         elif name == "speed":
             measured: dict = {}
             run_part(name, lambda: speed(device, s, measured), budget_end, result, partial=measured)
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             run_part(name, lambda: parts.profile_step(device, s["arch"], s["size"], max(s["batches"]), s["steps"]),
                      budget_end, result)
     if not cuda:
-        for name in ("step", "speed", "profile"):
+        for name in ("step", "precision", "speed", "profile"):
             part = result["parts"].get(name)
             if part is not None and part["status"] != SKIPPED_NO_CUDA:
                 part["status"] = f"CPU smoke {part['status']}"  # never read as a GPU pass

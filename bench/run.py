@@ -29,7 +29,8 @@ from bench import targets as bench_targets
 from bench.measure import copy_bandwidth_gbs, device_facts, matmul_peak_tflops, time_interleaved, unused_stem
 from bench.profile import format_side_by_side, profile_call
 from bench.workloads import (FORWARDS_PER_IMAGE, WORKLOADS, describe_path, in_kernel_path, kernel_path, make_setup,
-                             setup_mib, variants, workload)
+                             policy_variants, setup_mib, variants, workload)
+from fastadv.runtime.precision_policies import POLICIES
 from fastadv.runtime.hardware import detect_cpu
 from fastadv.config import ModelConfig
 from fastadv.runtime.fileio import atomic_write_text
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="compile the fastadv variant on the CPU too (whole step; measured slower there, takes minutes)")
     p.add_argument("--cpu-amp", choices=["auto", "bf16", "off"], default="auto",
                    help="CPU AMP of the eager-amp-cl and fastadv variants: auto = bf16 where the CPU has native bf16")
+    p.add_argument("--policies", nargs="+", default=[], choices=list(POLICIES),
+                   help="also time the fast path in each of these train.precision policies (variants fastadv:<policy>)")
     p.add_argument("--skip-kernels", action="store_true")
     p.add_argument("--skip-loaders", action="store_true", help="no loader throughput (needs a folder of sample photos, see bench.loaders)")
     p.add_argument("--loader-path", default=str(loaders.SAMPLES), help="JPEG class folders for the loader benchmark")
@@ -98,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     chosen = [v for v in variants(device, compile_on_cpu=args.compile_on_cpu and not args.no_compile_on_cpu, cpu_bf16=cpu_bf16(args, cpu))
               if v.name in args.variants]
+    fast = next((v for v in variants(device, compile_on_cpu=args.compile_on_cpu and not args.no_compile_on_cpu,
+                                     cpu_bf16=cpu_bf16(args, cpu)) if v.name == "fastadv"))
+    chosen += policy_variants(fast, args.policies)
     paths = {v.name: describe_path(v, device) for v in chosen}
     for name, path in paths.items():
         print(f"path {name:13s}: {path['dtype']}, channels_last={path['channels_last']}, "
@@ -150,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "forward_gflops_per_image": fwd_gflops, "forwards_per_image": FORWARDS_PER_IMAGE,
         "cpu": cpu.to_dict(),
         "variants": {v.name: {"channels_last": v.channels_last, "amp": str(v.amp), "compile": v.compile,
-                              "fused_kernels": v.fused_kernels, "path": paths[v.name]} for v in chosen},
+                              "fused_kernels": v.fused_kernels, "policy": v.policy or None, "path": paths[v.name]}
+                     for v in chosen},
         "timing": "interleaved: each repeat runs every variant once, order rotated; median with min-max",
         "results": rows, "kernels": kernels, "loaders": loader_rows, "profiles": profiles,
         "targets": targets(rows, kernels, gpu, size, cpu.has_native_bf16) + loader_targets(loader_rows, gpu),
@@ -176,7 +183,7 @@ def measure_workload(name: str, chosen: list, setups: dict, batch: int, device: 
                      "images_per_sec_min_max": [batch / t.max_s, batch / t.min_s], "ms_per_batch": 1e3 * t.median_s,
                      "ms_per_batch_min_max": [1e3 * t.min_s, 1e3 * t.max_s], "runs_s": t.runs_s,
                      "peak_memory_mib": t.peak_mib, "tflops": tflops, "percent_of_peak": 100 * tflops / peak})
-        print(f"  {name:20s} {v.name:13s} batch {batch:4d}: {ips:9.1f} img/s  ({batch / t.max_s:.1f}-{batch / t.min_s:.1f})  "
+        print(f"  {name:20s} {v.name:24s} batch {batch:4d}: {ips:9.1f} img/s  ({batch / t.max_s:.1f}-{batch / t.min_s:.1f})  "
               f"{t.peak_mib:9.0f} MiB  {tflops:7.3f} TFLOP/s", flush=True)
     return rows
 
@@ -225,12 +232,12 @@ def loader_targets(rows: list[dict], gpu: bool) -> list[dict]:
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{'workload':20s} {'variant':13s} {'batch':>5s} {'img/s':>9s} {'ms/batch':>9s} {'peak MiB':>9s} "
+    print(f"\n{'workload':20s} {'variant':24s} {'batch':>5s} {'img/s':>9s} {'ms/batch':>9s} {'peak MiB':>9s} "
           f"{'TFLOP/s':>8s} {'%peak':>6s} {'x research':>10s} {'x eager':>8s}")
     for r in result["results"]:
         xr = f"{r['x_research']:.2f}" if r["x_research"] else "-"
         xe = f"{r['x_eager-amp-cl']:.2f}" if r["x_eager-amp-cl"] else "-"
-        print(f"{r['workload']:20s} {r['variant']:13s} {r['batch']:5d} {r['images_per_sec']:9.1f} {r['ms_per_batch']:9.1f} "
+        print(f"{r['workload']:20s} {r['variant']:24s} {r['batch']:5d} {r['images_per_sec']:9.1f} {r['ms_per_batch']:9.1f} "
               f"{r['peak_memory_mib']:9.0f} {r['tflops']:8.3f} {r['percent_of_peak']:6.1f} {xr:>10s} {xe:>8s}")
     if result["kernels"]:
         print(f"\n{'kernel':30s} {'path':10s} {'GB/s':>8s} {'% of copy':>9s}   (copy {result['copy_bandwidth_gbs']:.1f} GB/s)")

@@ -50,6 +50,10 @@ class Variant:
     amp: torch.dtype | None
     compile: bool
     fused_kernels: bool
+    policy: str = ""  # the train.precision policy of its training workloads ("": bf16 if amp is bf16, else fp32)
+
+    def precision_policy(self):
+        return precision.POLICIES[self.policy or ("bf16" if self.amp == torch.bfloat16 else "fp32")]
 
 
 def variants(device: torch.device, compile_on_cpu: bool = False, cpu_bf16: bool | None = None) -> list[Variant]:
@@ -70,6 +74,17 @@ def variants(device: torch.device, compile_on_cpu: bool = False, cpu_bf16: bool 
     ]
 
 
+def policy_variants(fast: Variant, policies: list[str]) -> list[Variant]:
+    """The fast path once per train.precision policy (`--policies`): "fastadv:<policy>", eval workloads in
+    the policy's attack dtype. Side by side with the others; the targets judge "fastadv" alone."""
+    out = []
+    for name in policies:
+        p = precision.POLICIES[name]
+        out.append(Variant(f"fastadv:{name}", fast.channels_last, precision.DTYPES[p.attack], fast.compile,
+                           fast.fused_kernels, policy=name))
+    return out
+
+
 def describe_path(variant: Variant, device: torch.device) -> dict[str, object]:
     """Which path a variant takes on `device`: precision, layout, compile, kernel implementation."""
     from fastadv.runtime.compiled import MODEL_ONLY, OFF, WHOLE_STEP, whole_step_supported
@@ -77,6 +92,7 @@ def describe_path(variant: Variant, device: torch.device) -> dict[str, object]:
     triton = variant.fused_kernels and device.type == "cuda" and triton_available()
     return {
         "dtype": f"{str(variant.amp).replace('torch.', '')} autocast" if variant.amp else "float32",
+        "precision_policy": variant.precision_policy().name if variant.name != "research" else "fp32 (research loop)",
         "channels_last": variant.channels_last,
         "compiled": variant.compile,
         "compile_mode": (WHOLE_STEP if whole_step_supported() else MODEL_ONLY) if variant.compile else OFF,
@@ -193,8 +209,8 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
         }[name]
     # Both variants run the Trainer's precision policy for their dtype; eager-amp-cl with the fast-path
     # dispatch off (plain-torch kernels, autocast re-casting weights every forward: `in_kernel_path`).
-    policy = precision.POLICIES["bf16" if variant.amp == torch.bfloat16 else "fp32"]
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    policy = variant.precision_policy()
+    scaler = precision.scaler(policy, device)
     guard = FiniteGuard()  # the Trainer's NaN check: on the device, no sync per step
     adv_plus = AdversarialTraining(train_attack, num_classes, delta=DELTA if num_aux else 0.0)
     std = StandardTraining(num_classes)

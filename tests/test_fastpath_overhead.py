@@ -123,3 +123,20 @@ def test_pgd_with_cast_once_equals_pgd_with_autocast_recasts(policy):
         with precision.cast_once(fast), precision.training(precision.POLICIES[policy], torch.device("cpu")):
             runs.append(attack(model, x, y))
     assert runs[0].dtype == torch.float32 and torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_an_attack_through_the_view_leaves_the_models_mode_as_it_was(mode):
+    """attack_mode saves and restores the mode of what it is given: through the view, the model's own
+    (a view with a mode flag of its own once put an evaluated model back in train mode)."""
+    from fastadv.attacks import PGD
+    from fastadv.runtime import precision
+
+    model = _bn_model().train(mode == "train")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        view = precision.fixed_weights(model)
+        assert view.training == model.training
+        PGD(eps=8 / 255, steps=1, alpha=2 / 255, num_classes=10)(view, torch.rand(2, 3, 6, 6), torch.tensor([1, 2]))
+    assert model.training == (mode == "train") and all(m.training == model.training for m in model.modules())
+    view.eval()
+    assert not model.training

@@ -61,9 +61,11 @@ def test_smoke_runs_every_part_on_cpu_without_optional_packages(tmp_path):
     result = _result(tmp_path)
     assert result["parts"]["kernels"]["status"] == "passed"
     assert len(result["parts"]["kernels"]["checks"]) >= 10
-    for name in ("step", "speed", "profile"):
+    for name in ("step", "precision", "speed", "profile"):
         part = result["parts"][name]
         assert part["gpu"] == gpu_check.SKIPPED_NO_CUDA and part["status"].startswith("CPU smoke"), (name, part["status"])
+    (leg,) = result["parts"]["precision"]["checks"]  # the GPU's policy against fp32, run at smoke size
+    assert leg["policy"] == "bf16" and leg["status"] == "passed" and len(leg["runs"]["fp32"]["losses"]) == 3
     _assert_no_target_met_on_cpu(result)  # measured at smoke sizes, still not a GPU result
     speed = result["parts"]["speed"]["result"]
     assert {k["kernel"] for k in speed["kernels"]} == {"pgd_update", "label_augmented_ce (fwd+bwd)"}

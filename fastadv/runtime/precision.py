@@ -144,6 +144,19 @@ class FixedWeightView(nn.Module):
         self._versions: list[int] = []
         self._cast: dict[str, torch.Tensor] = {}
 
+    # The view's train/eval mode is the model's: a caller that saves and restores the mode around an
+    # attack (attack_mode) through the view must restore the model's own, not a flag of the view.
+    @property
+    def training(self) -> bool:
+        inner = self.__dict__.get("_modules", {}).get("inner")
+        return inner.training if inner is not None else True
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        inner = self.__dict__.get("_modules", {}).get("inner")
+        if inner is not None:
+            inner.training = mode
+
     def _refresh(self) -> None:
         versions = [p._version for p in self._sources]
         if versions != self._versions:
