@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import gc
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ from fastadv.runtime.fileio import atomic_write_text
 from fastadv.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")
 
 
 def forward_gflops(arch: str, num_classes: int, num_aux: int, size: int) -> float:
@@ -155,12 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         "measured_matmul_peak_tflops": peak, "peak_dtype": str(peak_dtype), "copy_bandwidth_gbs": copy_bw,
         "forward_gflops_per_image": fwd_gflops, "forwards_per_image": FORWARDS_PER_IMAGE,
         "cpu": cpu.to_dict(),
+        # ISA caps that change which CPU kernels run (ONEDNN_MAX_CPU_ISA=AVX2 ...: a CPU without AVX-512 / AMX)
+        "environment": {k: os.environ[k] for k in ISA_ENV if k in os.environ},
         "variants": {v.name: {"channels_last": v.channels_last, "amp": str(v.amp), "compile": v.compile,
                               "fused_kernels": v.fused_kernels, "policy": v.policy or None, "path": paths[v.name]}
                      for v in chosen},
         "timing": "interleaved: each repeat runs every variant once, order rotated; median with min-max",
         "results": rows, "kernels": kernels, "loaders": loader_rows, "profiles": profiles,
-        "targets": targets(rows, kernels, gpu, size, cpu.has_native_bf16) + loader_targets(loader_rows, gpu),
+        # the ">= 2x with native bf16" targets only where the fast path ran bf16 (--cpu-amp off times fp32)
+        "targets": targets(rows, kernels, gpu, size, cpu.has_native_bf16 and cpu_bf16(args, cpu))
+                   + loader_targets(loader_rows, gpu),
     }
     print_table(result)
     path = out / f"{stem}.json"

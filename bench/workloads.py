@@ -4,7 +4,8 @@
              left requiring grad), dense soft-target CE, `loss.backward()`.
 - eager-amp-cl: fastadv's own code with AMP (bf16 on CUDA) and channels_last, but eager and
              with the plain-torch kernels (FASTADV_TRITON=off).
-- fastadv:   the fast path as `fastadv train` / `fastadv eval` run it by default: on CUDA the
+- fastadv:   the fast path as `fastadv train` / `fastadv eval` run it by default (the Trainer's precision
+             policy, cast-once weights for fixed-weight forwards and fused SGD on the CPU): on CUDA the
              whole step compiled (fastadv.runtime.compiled: the PGD loop and the training forward + loss
              as graphs; model-only where this PyTorch cannot trace autograd.grad), fused Triton
              kernels; on the CPU eager (compiling measured slower there), channels_last, bf16
@@ -35,6 +36,7 @@ from fastadv.models import build_model
 from fastadv.runtime import precision
 from fastadv.runtime.device import autocast
 from fastadv.train import train_step
+from fastadv.train.optim import sgd
 from fastadv.train.step import FiniteGuard
 
 EPS = 0.03
@@ -169,7 +171,10 @@ def make_setup(variant: Variant, arch: str, num_classes: int, num_aux: int, batc
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     run_model = CompiledModel(model) if variant.compile else model  # whole-step where supported
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-5)
+    # The fast path steps with the Trainer's optimizer (fused SGD where it pays: train.optim.FUSED_SGD_DEVICES);
+    # the baselines with PyTorch's default SGD.
+    make_sgd = sgd if variant.fused_kernels else torch.optim.SGD
+    optimizer = make_sgd(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-5)
     return Setup(model, run_model, x, y, optimizer)
 
 

@@ -241,8 +241,9 @@ def test_bench_times_each_precision_policy_beside_the_fast_path(tmp_path):
 @pytest.mark.parametrize("name", ["pgd10_attack", "adv_plus_train_step", "pgd40_eval", "clean_eval", "std_train_step",
                                   "fgsm_rs_plus_train_step", "free_plus_train_step"])
 def test_fast_path_and_plain_path_give_the_same_results_in_bf16(name):
-    """Issue 29: fastadv (cast-once weights, fused-kernel dispatch) and eager-amp-cl (autocast's own casts,
-    plain kernels) compute the same numbers on every workload, bf16 autocast on the CPU.
+    """Issue 29: fastadv (cast-once weights, fused-kernel dispatch, fused SGD) and eager-amp-cl (autocast's
+    own casts, plain kernels, PyTorch's default SGD) compute the same numbers on every workload, bf16
+    autocast on the CPU.
 
     32 px, not 16: PyTorch 2.15's CPU bf16 weight gradient of ResNet-18's layer4.0.conv1 at 16 px, batch 3
     is garbage (> 1e6) in some of 12 identical runs (plain torchvision, no fastadv code: see
@@ -256,4 +257,7 @@ def test_fast_path_and_plain_path_give_the_same_results_in_bf16(name):
         out = in_kernel_path(variant, workload(name, variant, s, 10, device))()
         out = out if isinstance(out, torch.Tensor) else torch.cat([p.detach().flatten() for p in s.model.parameters()])
         outs.append(out)
-    assert torch.equal(outs[0], outs[1])
+    if name.endswith("train_step"):  # fused SGD (fast path) vs PyTorch's for-loop SGD: the same update, rounded alike or not
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-7)
+    else:  # attacks and evaluation: bit for bit
+        assert torch.equal(outs[0], outs[1])

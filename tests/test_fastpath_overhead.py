@@ -140,3 +140,25 @@ def test_an_attack_through_the_view_leaves_the_models_mode_as_it_was(mode):
     assert model.training == (mode == "train") and all(m.training == model.training for m in model.modules())
     view.eval()
     assert not model.training
+
+
+def test_fused_sgd_follows_the_plain_sgd_update():
+    """FUSED_SGD_DEVICES: the fused step and PyTorch's plain for-loop step agree over several steps,
+    odd parameter shapes included (the fused kernel may round differently, never compute differently)."""
+    from fastadv.train.optim import sgd
+
+    torch.manual_seed(0)
+    shapes = [(7, 3, 3, 3), (7,), (1,), (13, 5), (2, 1, 1, 1)]
+    a = [torch.randn(s, requires_grad=True) for s in shapes]
+    b = [t.detach().clone().requires_grad_(True) for t in a]
+    fused = sgd(a, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    plain = torch.optim.SGD(b, lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=False)
+    assert fused.defaults["fused"] is True and plain.defaults["fused"] is None
+    for _ in range(4):
+        grads = [torch.randn(s) for s in shapes]
+        for p, q, g in zip(a, b, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
