@@ -6,10 +6,13 @@ Reads every run folder under the given paths (as `make precision-table` writes t
 demo-adv-plus per policy and seed, `<run>/eval` = fastadv eval (fp32, PGD-40 on the whole validation
 set), `<run>/eval-aa` = pyautoattack on a per-class subset) and prints one row per policy: PGD-40 error
 (K head), worst-class PGD-40 accuracy, class SD of PGD-40 accuracy, AutoAttack error (K head) and
-training images/sec, each as the mean over seeds with the seeds' min-max.
+the bench speed of the policy (`--bench`: a `python -m bench.run --policies ...` result, the Adv+
+training step's images/sec of variant fastadv:<policy>), each as the mean over seeds with the seeds'
+min-max (the speed: the bench's median with its repeats' min-max).
 
 "Beyond seed noise" is judged per metric as: the policy's seed range and fp32's seed range do not
-overlap (with 3 seeds each, a difference inside the spread of either is not called a difference).
+overlap (with 3 seeds each, a difference inside the spread of either is not called a difference);
+with fewer than 2 seeds on either side it is not judged.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ METRICS = (  # key, column title, lower is better
     ("worst_class_pgd40_acc", "worst-class PGD-40 acc %", False),
     ("pgd40_class_sd", "class SD of PGD-40 acc %", True),
     ("autoattack_error", "AutoAttack err %", True),
-    ("train_img_s", "train img/s", False),
+    ("bench_img_s", "Adv+ step img/s (bench)", False),
 )
 REFERENCE = "fp32"
 
@@ -45,11 +48,14 @@ def run_policy(run: Path) -> str | None:
     return None
 
 
-def train_speed(run: Path) -> float | None:
-    """Median images/sec of the training log lines (the first window, which includes start-up, skipped)."""
-    rates = [r["images_per_sec"] for r in map(json.loads, (run / "train.jsonl").read_text().splitlines())
-             if r.get("event") == "train" and "images_per_sec" in r]
-    return statistics.median(rates[1:] or rates) if rates else None
+def bench_speeds(path: str | None, workload: str = "adv_plus_train_step") -> dict[str, dict[str, Any]]:
+    """{policy: {"mean": median img/s, "min", "max"}} of `workload` from a bench.run result with --policies."""
+    if not path:
+        return {}
+    rows = json.loads(Path(path).read_text())["results"]
+    return {r["variant"].split(":", 1)[1]: {"mean": r["images_per_sec"], "min": r["images_per_sec_min_max"][0],
+                                            "max": r["images_per_sec_min_max"][1], "values": []}
+            for r in rows if r["workload"] == workload and r["variant"].startswith("fastadv:")}
 
 
 def run_row(run: Path) -> dict[str, Any] | None:
@@ -61,7 +67,7 @@ def run_row(run: Path) -> dict[str, Any] | None:
     row = {"run": str(run), "policy": policy, "seed": _seed(run),
            "pgd40_error": 100 * pgd["error"], "worst_class_pgd40_acc": 100 * (1 - pgd["classwise"]["worst"]),
            "pgd40_class_sd": 100 * pgd["classwise"]["sd"], "autoattack_error": None,
-           "autoattack_images": None, "train_img_s": train_speed(run)}
+           "autoattack_images": None}
     aa_dir = run / "eval-aa"
     if (aa_dir / "eval.json").is_file():
         # the K-head AutoAttack at PGD-40's eps (the table compares the two at one eps)
@@ -85,23 +91,24 @@ def _seed(run: Path) -> int | None:
     return None
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def summarize(rows: list[dict[str, Any]], speeds: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     by_policy: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_policy.setdefault(row["policy"], []).append(row)
     out: dict[str, dict[str, Any]] = {}
     for policy, runs in by_policy.items():
         entry: dict[str, Any] = {"seeds": sorted(r["seed"] for r in runs), "runs": len(runs)}
-        for key, _, _ in METRICS:
+        for key, _, _ in METRICS[:-1]:
             values = [r[key] for r in runs if r[key] is not None]
             entry[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
                           "values": values} if values else None
+        entry["bench_img_s"] = (speeds or {}).get(policy)
         out[policy] = entry
     ref = out.get(REFERENCE)
     for policy, entry in out.items():
         entry["beyond_seed_noise"] = {}
-        if ref is None or policy == REFERENCE:
-            continue
+        if ref is None or policy == REFERENCE or min(entry["runs"], ref["runs"]) < 2:
+            continue  # one seed has no spread to judge against
         for key, _, _ in METRICS[:-1]:
             a, b = entry[key], ref[key]
             if a and b:
@@ -120,7 +127,7 @@ def markdown(summary: dict[str, dict[str, Any]], order: list[str]) -> str:
             if m is None:
                 cells.append("-")
                 continue
-            digits = 1 if key == "train_img_s" else 2
+            digits = 1 if key == "bench_img_s" else 2
             mark = " *" if e["beyond_seed_noise"].get(key) else ""
             cells.append(f"{m['mean']:.{digits}f} ({m['min']:.{digits}f}-{m['max']:.{digits}f}){mark}")
         lines.append(f"| {policy} | {','.join(map(str, e['seeds']))} | " + " | ".join(cells) + " |")
@@ -130,6 +137,7 @@ def markdown(summary: dict[str, dict[str, Any]], order: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("paths", nargs="+", help="run folders, or folders holding them")
+    p.add_argument("--bench", help="a bench.run result with --policies: the speed column")
     p.add_argument("--out", help="write the rows and the summary as JSON here")
     args = p.parse_args(argv)
     runs = sorted({r.parent for path in map(Path, args.paths)
@@ -138,13 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"no evaluated runs under {' '.join(args.paths)}: run `make precision-table` first", file=sys.stderr)
         return 2
-    summary = summarize(rows)
+    summary = summarize(rows, bench_speeds(args.bench))
     order = sorted(summary, key=lambda name: (name != REFERENCE, name))
     table = markdown(summary, order)
     print(table)
-    print("\nmean over seeds (min-max); * = outside fp32's seed range (beyond seed noise)")
+    print("\nmean over seeds (min-max); * = outside fp32's seed range (beyond seed noise); speed: the bench's "
+          "median (min-max over its repeats)")
     if args.out:
-        doc = {"machine": detect_cpu().to_dict(), "rows": rows, "summary": summary, "markdown": table}
+        doc = {"machine": detect_cpu().to_dict(), "bench": args.bench, "rows": rows, "summary": summary,
+               "markdown": table}
         Path(args.out).write_text(json.dumps(doc, indent=1))
     return 0
 

@@ -116,3 +116,24 @@ def test_the_run_records_its_policy(tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=False)["precision"] == "bf16-attack"
     info = json.loads((evaluate(out, progress=False) / "eval.json").read_text())
     assert info["train_precision"] == "bf16-attack" and info["precision"] == "fp32"
+
+
+def test_precision_table_judges_seed_noise_by_overlapping_ranges():
+    """bench.precision_table: a policy differs beyond seed noise only where its seed range and fp32's do
+    not overlap, and never with a single seed on either side."""
+    from bench.precision_table import markdown, summarize
+
+    def row(policy, seed, err):
+        return {"policy": policy, "seed": seed, "pgd40_error": err, "worst_class_pgd40_acc": 80.0,
+                "pgd40_class_sd": 6.0, "autoattack_error": None}
+
+    rows = [row("fp32", s, e) for s, e in enumerate((5.8, 6.1, 8.3))] + \
+           [row("bf16", s, e) for s, e in enumerate((6.1, 6.4, 7.5))] + \
+           [row("bf16-lowp-input", s, e) for s, e in enumerate((9.0, 9.5, 10.0))] + [row("bf16-attack", 0, 20.0)]
+    summary = summarize(rows, {"bf16": {"mean": 8.1, "min": 6.8, "max": 10.2, "values": []}})
+    assert summary["bf16"]["beyond_seed_noise"]["pgd40_error"] is False
+    assert summary["bf16-lowp-input"]["beyond_seed_noise"]["pgd40_error"] is True
+    assert summary["bf16-attack"]["beyond_seed_noise"] == {}  # one seed: not judged
+    assert summary["bf16"]["pgd40_error"]["mean"] == pytest.approx((6.1 + 6.4 + 7.5) / 3)
+    table = markdown(summary, ["fp32", "bf16", "bf16-lowp-input", "bf16-attack"])
+    assert "| bf16-lowp-input | 0,1,2 | 9.50 (9.00-10.00) * |" in table and "8.1 (6.8-10.2)" in table

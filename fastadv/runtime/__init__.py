@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_DEVICE_NAMES = ("resolve_device", "autocast", "compile_enabled", "maybe_compile", "prepare_model",
+_DEVICE_NAMES = ("resolve_device", "amp_dtype", "autocast", "compile_enabled", "maybe_compile", "prepare_model",
                  "to_device")
 
 

@@ -18,6 +18,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The old train.amp value (auto | bf16 | fp16 | off) as an autocast dtype: kept for callers of
+    `fastadv.runtime.amp_dtype`; training now reads train.precision (fastadv.runtime.precision)."""
+    from fastadv.config.schema import RENAMED
+    from fastadv.runtime import precision
+
+    policy = precision.resolve(RENAMED["train", "amp"][1].get(mode, mode), device)
+    return precision.update_dtype(policy)
+
+
 def eval_amp_dtype(mode: str) -> torch.dtype | None:
     """eval.amp: fp32 (None: no autocast) on every device, or bf16 on request. Never train.amp, so runs
     trained in different precisions are evaluated, and compared, in the same one."""
