@@ -109,8 +109,8 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, al
         if early_stop:
             from fastadv.attacks.early_stop import early_stop_pgd
 
-            return early_stop_pgd(precision.fixed_weights(model), x, y, start, alpha=alpha, eps=eps, steps=steps, num_classes=num_classes,
-                                  head=head, temperature=temperature, compact=compact)
+            return early_stop_pgd(precision.fixed_weights(model), x, y, start, alpha=alpha, eps=eps, steps=steps,
+                                  num_classes=num_classes, head=head, temperature=temperature, compact=compact)
         if compiled.whole_step(model) and precision.iterate_dtype() is None:
             return compiled.call(pgd_ce_attack, model, x, y, start, compiled.per_sample(alpha, x),
                                  compiled.per_sample(eps, x), steps, num_classes, head, float(temperature))

@@ -58,7 +58,7 @@ def resolve(name: str, device: torch.device) -> PrecisionPolicy:
 _ACTIVE: ContextVar[PrecisionPolicy | None] = ContextVar("fastadv_precision", default=None)
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
+def _autocast_at(device: torch.device, dtype: torch.dtype | None):
     """Autocast at `dtype`, or explicitly off (None): an inner region overrides an outer one."""
     if dtype is None:
         return torch.autocast(device.type, enabled=False) if torch.is_autocast_enabled(device.type) \
@@ -71,20 +71,16 @@ def training(policy: PrecisionPolicy, device: torch.device) -> Iterator[None]:
     """The region a method's step runs in: the update's autocast; attacks inside switch to the attack's."""
     token = _ACTIVE.set(policy)
     try:
-        with autocast(device, update_dtype(policy)):
+        with _autocast_at(device, update_dtype(policy)):
             yield
     finally:
         _ACTIVE.reset(token)
 
 
-def active() -> PrecisionPolicy | None:
-    return _ACTIVE.get()
-
-
 def attack_region(device: torch.device):
     """Entered by every attack loop: the active training policy's attack autocast, else the caller's."""
     policy = _ACTIVE.get()
-    return contextlib.nullcontext() if policy is None else autocast(device, attack_dtype(policy))
+    return contextlib.nullcontext() if policy is None else _autocast_at(device, attack_dtype(policy))
 
 
 def iterate_dtype() -> torch.dtype | None:
@@ -124,6 +120,8 @@ def cast_once(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _CAST_ONCE_ON.reset(token)
+
+
 _CAST_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # the ops autocast runs in reduced precision
 
 

@@ -22,10 +22,6 @@ class PrecisionPolicy:
     lowp_iterate: bool = False
     summary: str = ""
 
-    @property
-    def reduced(self) -> bool:
-        return self.attack is not None or self.update is not None
-
 
 POLICIES: dict[str, PrecisionPolicy] = {p.name: p for p in (
     PrecisionPolicy("fp32", None, None, summary="everything in fp32 (no autocast)"),

@@ -49,7 +49,7 @@ class Trainer:
         self.best_criterion = best_criterion(cfg)  # None: no best.pt
         self.dist, self.device = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)
         world = self.dist.world_size
-        self.precision = precision.resolve(cfg.train.precision, self.device)  # train.precision: what runs in which dtype
+        self.precision = precision.resolve(cfg.train.precision, self.device)  # which part runs in which dtype
         # Attacks differ across ranks but repeat run to run; DDP copies rank 0's initial weights.
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, self.dist.rank))
         self.train_set = build_dataset(cfg.data, "train")
@@ -237,7 +237,8 @@ class Trainer:
         """The method's epoch-end hook (e.g. CFA's calibration and FAWA); a non-empty record is logged."""
         holdout = self._holdout_batches if self.holdout_set is not None else None
         ctx = EpochContext(epoch=self.progress.epoch, model=self.model, run_model=self.attack_model,
-                           device=self.device, amp=precision.attack_dtype(self.precision), holdout=holdout, all_reduce=distributed.all_reduce_sum)
+                           device=self.device, amp=precision.attack_dtype(self.precision), holdout=holdout,
+                           all_reduce=distributed.all_reduce_sum)
         record = self.method.on_epoch_end(ctx)
         self.model.train()
         if record:
