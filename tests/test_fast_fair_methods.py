@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fastadv.runtime.precision_policies import POLICIES
 from fastadv.attacks import PGD, trades_kl_attack
 from fastadv.config import load_config
 from fastadv.errors import FastadvError
@@ -21,6 +22,8 @@ from fastadv.methods.trades import TRADES_ALPHA_RATIO, Trades, trades_loss
 from fastadv.analysis.report_ranking import rank_methods
 from fastadv.train.overfit import OverfitGuard, collapsed
 from fastadv.train.step import train_step
+
+FP32 = POLICIES["fp32"]  # train_step's precision policy: no autocast
 
 K = 4
 
@@ -81,7 +84,7 @@ def test_free_replays_the_minibatch_and_carries_delta():
     expected_delta = torch.zeros_like(x)
     for _ in range(method.replays):
         model.inputs.clear()
-        train_step(method, model, opt, scaler, x, y, torch.device("cpu"), None)
+        train_step(method, model, opt, scaler, x, y, torch.device("cpu"), FP32)
         (seen,) = model.inputs  # one forward per replay: the same backward gives both gradients
         torch.testing.assert_close(seen, (x + expected_delta).clamp(0, 1))
         expected_delta = method.noise.clone()
@@ -89,7 +92,7 @@ def test_free_replays_the_minibatch_and_carries_delta():
     assert expected_delta.abs().max() > 0
     x2, y2 = batch(seed=2)  # the next minibatch starts from the carried delta
     model.inputs.clear()
-    train_step(method, model, opt, scaler, x2, y2, torch.device("cpu"), None)
+    train_step(method, model, opt, scaler, x2, y2, torch.device("cpu"), FP32)
     torch.testing.assert_close(model.inputs[0], (x2 + expected_delta).clamp(0, 1))
     assert set(method.state_dict()) == {"noise"}
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from fastadv.runtime.precision_policies import POLICIES
 from fastadv.runtime import compiled
 from fastadv.attacks import PGD
 from fastadv.attacks.linf import kl_attack_loop, pgd_ce_attack
@@ -19,6 +20,8 @@ from fastadv.methods.cfa import ClassWiseCalibration
 from fastadv.methods.standard import StandardTraining
 from fastadv.methods.trades import Trades, trades_forward_loss
 from fastadv.train.step import FiniteGuard, train_step
+
+FP32 = POLICIES["fp32"]  # train_step's precision policy: no autocast
 
 K, M = 5, 1
 
@@ -46,7 +49,7 @@ def adv_plus(steps: int = 2) -> AdversarialTraining:
 def step_once(method, model, x, y, lr=0.1, guard=None):
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return train_step(method, model, opt, scaler, x, y, torch.device("cpu"), None, guard=guard)
+    return train_step(method, model, opt, scaler, x, y, torch.device("cpu"), FP32, guard=guard)
 
 
 # ------------------------------------------------------------------ whole-step compile
@@ -107,7 +110,7 @@ def test_whole_step_matches_eager_and_never_recompiles():
         for g in opt.param_groups:
             g["lr"] = 0.1 / (i + 1)
         x, y = batch(seed=10 + i)
-        train_step(method, wrapped, opt, scaler, x, y, torch.device("cpu"), None, guard=FiniteGuard())
+        train_step(method, wrapped, opt, scaler, x, y, torch.device("cpu"), FP32, guard=FiniteGuard())
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
     assert sum(counters["recompiles"].values()) == 0 if "recompiles" in counters else True
     assert counters["stats"].get("unique_graphs", 0) == 0, dict(counters["stats"])  # nothing new compiled
@@ -168,11 +171,11 @@ def test_train_step_has_no_host_sync(name, monkeypatch):
     x, y = batch()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train_step(method, model, opt, scaler, x, y, torch.device("cpu"), None, guard=guard)  # buffers, momentum
+    train_step(method, model, opt, scaler, x, y, torch.device("cpu"), FP32, guard=guard)  # buffers, momentum
     for attr in ("item", "tolist", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, attr, _refuse(attr))
     with NoSync():
-        loss, stats = train_step(method, model, opt, scaler, x, y, torch.device("cpu"), None, guard=guard)
+        loss, stats = train_step(method, model, opt, scaler, x, y, torch.device("cpu"), FP32, guard=guard)
     monkeypatch.undo()
     assert torch.isfinite(loss)
     guard.check()  # the one sync, outside the step

@@ -12,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fastadv.runtime.precision_policies import POLICIES
 from fastadv.attacks import PGD
 from fastadv.models.checkpoint import load_checkpoint
 from fastadv.config import ModelConfig, load_config
@@ -22,6 +23,8 @@ from fastadv.models import build_model
 from fastadv.train.optim import WeightEma, build_optimizer, clip_gradients
 from fastadv.train.schedule import lr_at
 from fastadv.train import cosine_lr, train, train_step
+
+FP32 = POLICIES["fp32"]  # train_step's precision policy: no autocast
 
 timm = pytest.importorskip("timm")
 
@@ -60,7 +63,7 @@ def test_every_family_trains_attacks_saves_resumes_and_evaluates(tmp_path, arch,
     opt = build_optimizer(model, cfg.optim)
     before = [p.detach().clone() for p in model.parameters()]
     loss, _ = train_step(build_method(cfg), model, opt, torch.amp.GradScaler("cpu", enabled=False), x, y,
-                         torch.device("cpu"), None, clip_grad_norm=1.0)
+                         torch.device("cpu"), FP32, clip_grad_norm=1.0)
     assert torch.isfinite(loss) and any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     x_adv = PGD(eps=0.03, steps=2, alpha_ratio=0.25, num_classes=10, head="k")(model.eval(), x, y)
     assert (x_adv - x).abs().max() <= 0.03 + 1e-6 and 0 <= x_adv.min() and x_adv.max() <= 1
