@@ -31,7 +31,7 @@ CKPTS ?= $(foreach m,$(MODELS),$(wildcard $(RUNS)/$(PREFIX)-$(m)))
 # System packages FFCV builds against (Debian names); `make system-deps` installs the missing ones.
 SYSTEM_DEPS := pkg-config g++ libturbojpeg0-dev libopencv-dev
 
-.PHONY: help system-deps install demo-methods test docs bench gpu-check train-std train-adv train-adv-plus eval clean-runs
+.PHONY: help system-deps install demo-methods precision-table test docs bench gpu-check train-std train-adv train-adv-plus eval clean-runs
 
 help:  ## list the targets
 	@echo "make system-deps      apt-get the packages FFCV builds against ($(SYSTEM_DEPS))"
