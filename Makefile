@@ -45,6 +45,7 @@ help:  ## list the targets
 	@echo "make gpu-check        one-shot GPU check (kernels, compiled step, speed, profile; <= 8 min) -> bench/results/"
 	@echo "make eval             evaluate every trained run (CKPTS) into one report: RUNS/report (IMAGENET= IMAGENET_C= REAL=)"
 	@echo "make demo-methods     every method (std ... dafa-at) x SEEDS on the demo, one report ranking them"
+	@echo "make precision-table every train.precision policy x SEEDS on demo-adv-plus (fp32 eval + APGD-CE) -> RUNS/precision/table.json"
 	@echo "make clean-runs       delete RUNS"
 	@echo "variables: DATA=$(DATA) RUNS=$(RUNS) ARGS='optim.epochs=2 ...' CKPTS='runs/a runs/b' NPROC=$(NPROC) (GPUs: torchrun)"
 
@@ -140,6 +141,7 @@ eval: install  ## evaluate every trained run (CKPTS): clean, PGD-40, ImageNet-C,
 
 # The precision table (issue 27): demo-adv-plus trained in each train.precision policy for each of SEEDS,
 # evaluated in fp32 (PGD-40 on every test image) and by pyautoattack's APGD-CE on a per-class subset.
+# PRECISION_BENCH=<a bench.run --policies result>: the table's speed column.
 PRECISION_POLICIES ?= fp32 bf16 bf16-attack bf16-update bf16-lowp-input  # + fp16-scaled on a GPU (20x slower than fp32 on a CPU without fp16 units)
 PRECISION_AA_ARGS ?= --suite autoattack --set eval.subset=per-class:5 --set eval.autoattack_eps=0.03 --set eval.autoattack_at_eval_eps=false --set eval.autoattack_version=custom --set 'eval.autoattack_attacks="apgd-ce"'
 precision-table: install  ## train + evaluate demo-adv-plus in every precision policy x SEEDS; table in RUNS/precision/table.json
@@ -149,7 +151,7 @@ precision-table: install  ## train + evaluate demo-adv-plus in every precision p
 	  $(BIN)/fastadv eval $$run --skip-existing --no-progress --set eval.seed=$$s; \
 	  $(BIN)/fastadv eval $$run --out $$run/eval-aa --skip-existing --no-progress --set eval.seed=$$s $(PRECISION_AA_ARGS); \
 	done; done
-	$(BIN)/python -m bench.precision_table $(RUNS)/precision --out $(RUNS)/precision/table.json
+	$(BIN)/python -m bench.precision_table $(RUNS)/precision --out $(RUNS)/precision/table.json $(if $(PRECISION_BENCH),--bench $(PRECISION_BENCH))
 
 clean-runs:  ## delete the runs folder
 	rm -rf $(RUNS)
