@@ -81,9 +81,13 @@ def test_bf16_autocast_stays_close_to_fp32(tmp_path, kernels):
     from scratch) amplifies that. Measured on this test's settings: the first loss within 0.5 % on
     every kernel path; the loss after one update 0.5 % to 6.8 % apart, by kernel path alone
     (avx512_bf16 vs AVX2, ATEN_CPU_CAPABILITY, OMP_NUM_THREADS), against the old 5 % tolerance.
+
+    32 px, not the file's 16: at 16 px PyTorch 2.15's CPU bf16 weight gradient of ResNet-18's
+    layer4.0.conv1 is sporadically garbage, and the second loss became NaN (once in a full suite run);
+    `python -m bench.torch_bf16_grad_repro` shows it without fastadv, and never at 32 px.
     """
-    ref = losses_on(kernels, tmp_path, "ref", "train.precision=fp32")
-    got = losses_on(kernels, tmp_path, "bf16", "train.precision=bf16")
+    ref = losses_on(kernels, tmp_path, "ref", "train.precision=fp32", "data.image_size=32")
+    got = losses_on(kernels, tmp_path, "bf16", "train.precision=bf16", "data.image_size=32")
     assert len(got) == len(ref) == 2
     assert got[0] == pytest.approx(ref[0], rel=0.02)
     assert all(math.isfinite(v) for v in got)
