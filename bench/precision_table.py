@@ -119,16 +119,20 @@ def summarize(rows: list[dict[str, Any]], speeds: dict[str, dict[str, Any]] | No
 def markdown(summary: dict[str, dict[str, Any]], order: list[str]) -> str:
     head = "| policy | seeds | " + " | ".join(t for _, t, _ in METRICS) + " |"
     lines = [head, "|" + "---|" * (len(METRICS) + 2)]
+    ref = summary.get(REFERENCE)
     for policy in order:
         e = summary[policy]
         cells = []
-        for key, _, _ in METRICS:
+        for key, _, lower_is_better in METRICS:
             m = e[key]
             if m is None:
                 cells.append("-")
                 continue
             digits = 1 if key == "bench_img_s" else 2
-            mark = " *" if e["beyond_seed_noise"].get(key) else ""
+            mark = ""
+            if e["beyond_seed_noise"].get(key):  # outside fp32's seed range: say which way
+                better = (m["mean"] < ref[key]["mean"]) == lower_is_better
+                mark = " * better" if better else " * worse"
             cells.append(f"{m['mean']:.{digits}f} ({m['min']:.{digits}f}-{m['max']:.{digits}f}){mark}")
         lines.append(f"| {policy} | {','.join(map(str, e['seeds']))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -150,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     order = sorted(summary, key=lambda name: (name != REFERENCE, name))
     table = markdown(summary, order)
     print(table)
-    print("\nmean over seeds (min-max); * = outside fp32's seed range (beyond seed noise); speed: the bench's "
+    print("\nmean over seeds (min-max); * = outside fp32's seed range (beyond seed noise), better or worse than fp32; "
+          "speed: the bench's "
           "median (min-max over its repeats)")
     if args.out:
         doc = {"machine": detect_cpu().to_dict(), "bench": args.bench, "rows": rows, "summary": summary,

@@ -140,4 +140,4 @@ def test_precision_table_judges_seed_noise_by_overlapping_ranges():
     assert summary["bf16-attack"]["beyond_seed_noise"] == {}  # one seed: not judged
     assert summary["bf16"]["pgd40_error"]["mean"] == pytest.approx((6.1 + 6.4 + 7.5) / 3)
     table = markdown(summary, ["fp32", "bf16", "bf16-lowp-input", "bf16-attack"])
-    assert "| bf16-lowp-input | 0,1,2 | 9.50 (9.00-10.00) * |" in table and "8.1 (6.8-10.2)" in table
+    assert "| bf16-lowp-input | 0,1,2 | 9.50 (9.00-10.00) * worse |" in table and "8.1 (6.8-10.2)" in table
