@@ -141,3 +141,12 @@ def test_precision_table_judges_seed_noise_by_overlapping_ranges():
     assert summary["bf16"]["pgd40_error"]["mean"] == pytest.approx((6.1 + 6.4 + 7.5) / 3)
     table = markdown(summary, ["fp32", "bf16", "bf16-lowp-input", "bf16-attack"])
     assert "| bf16-lowp-input | 0,1,2 | 9.50 (9.00-10.00) * worse |" in table and "8.1 (6.8-10.2)" in table
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_bf16_on_cpus_with_native_bf16_only(monkeypatch, native):
+    """The default chosen from the measured table: bf16 where the CPU has bf16 units, fp32 where bf16 is emulated."""
+    from fastadv.runtime import hardware
+
+    monkeypatch.setattr(hardware, "detect_cpu", lambda: hardware.CpuInfo(isa="AVX512", has_native_bf16=native))
+    assert precision.resolve("auto", CPU).name == ("bf16" if native else "fp32")

@@ -144,8 +144,8 @@ class TrainConfig:
     out_dir: str = "runs/run"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # The precision policy (fastadv.runtime.precision, docs/guides/precision.md): auto (bf16 on CUDA,
-    # fp32 on the CPU) | fp32 | bf16 | bf16-attack | bf16-update | bf16-lowp-input | fp16-scaled.
+    # The precision policy (fastadv.runtime.precision, docs/guides/precision.md): auto (bf16 on CUDA and
+    # on CPUs with native bf16, else fp32) | fp32 | bf16 | bf16-attack | bf16-update | bf16-lowp-input | fp16-scaled.
     # Was train.amp (auto | bf16 | fp16 | off); old configs are read with that mapping.
     precision: str = "auto"
     channels_last: bool = True
