@@ -233,7 +233,9 @@ def workload(name: str, variant: Variant, s: Setup, num_classes: int, device: to
     def eval_forward() -> torch.nn.Module:
         """The model `fastadv eval` calls in a pass over many batches (evaluate._predict: one cast-once
         view where the dispatch uses it, else the model itself)."""
-        return eval_model.setdefault("model", precision.fixed_weights(s.run_model))
+        if "model" not in eval_model:
+            eval_model["model"] = precision.fixed_weights(s.run_model)
+        return eval_model["model"]
 
     def evaluate() -> torch.Tensor:
         s.model.eval()
