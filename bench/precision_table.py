@@ -21,6 +21,7 @@ import argparse
 import json
 import statistics
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +82,9 @@ def run_row(run: Path) -> dict[str, Any] | None:
 
 
 def _seed(run: Path) -> int | None:
-    text = (run / "config.toml").read_text() if (run / "config.toml").is_file() else ""
-    in_train = False
-    for line in text.splitlines():
-        if line.startswith("["):
-            in_train = line.strip() == "[train]"
-        elif in_train and line.split("=")[0].strip() == "seed":
-            return int(line.split("=")[1])
-    return None
+    """train.seed from the run's config.toml."""
+    path = run / "config.toml"
+    return tomllib.loads(path.read_text()).get("train", {}).get("seed") if path.is_file() else None
 
 
 def summarize(rows: list[dict[str, Any]], speeds: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
